@@ -1,0 +1,1 @@
+"""Problem sources, the demo's toy world, data selection from search trees, and grain input pipelines."""
