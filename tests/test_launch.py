@@ -1,0 +1,59 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rstar_jax import launch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "rstar_jax.launch", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("name", launch.available_configs() + ["base"])
+def test_every_config_loads_with_a_known_stage(name):
+    config = launch.load_config_file(os.path.join(launch.CONFIG_DIR, name + ".py"))
+    assert config.stage in set(launch.STAGES) | {"show"}
+    assert config.mcts.c_puct > 0
+
+
+def test_override_applies_and_prints_resolved_config():
+    r = _launch("--config=base", "--dry_run", "--config.mcts.rollouts=32", "--config.train.learning_rate=0.001")
+    assert r.returncode == 0, r.stderr
+    printed = json.loads(r.stdout)
+    assert printed["mcts"]["rollouts"] == 32
+    assert printed["train"]["learning_rate"] == 0.001
+
+
+def test_unknown_config_lists_names():
+    r = _launch("--config=no_such_config")
+    assert r.returncode != 0
+    assert "unknown config 'no_such_config'" in r.stderr
+    for name in launch.available_configs():
+        assert name in r.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.mcts.rollotus=3", "config.mcts has no field 'rollotus' (did you mean 'rollouts'?)"),
+        ("--config.nothing.here=3", "config has no field 'nothing'"),
+        ("--config.mcts.rollouts=abc", "--config.mcts.rollouts=abc"),
+    ],
+)
+def test_bad_override_errors_name_the_field(override, message):
+    r = _launch("--config=base", "--dry_run", override)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_config_path_is_accepted():
+    r = _launch(f"--config={os.path.join(ROOT, 'configs', 'base.py')}", "--dry_run")
+    assert r.returncode == 0, r.stderr
