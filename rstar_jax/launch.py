@@ -95,6 +95,23 @@ def _resolve_name(value: str) -> str:
              "(or give a path to a config file)")
 
 
+def init_distributed() -> None:
+    """jax.distributed.initialize(); TPU VMs and SLURM/MPI hosts auto-detect, others set the env below.
+
+    JAX_COORDINATOR_ADDRESS (host:port of process 0) is read by JAX itself; JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID are our launchers' way of passing the other two.
+    """
+    import jax
+
+    kwargs = {}
+    for env, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if os.environ.get(env):
+            kwargs[key] = int(os.environ[env])
+    jax.distributed.initialize(**kwargs)
+    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count())
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -102,9 +119,7 @@ def main(argv: Sequence[str]) -> None:
     if config is None:
         raise app.UsageError(f"--config is required; available: {', '.join(available_configs())}")
     if _DISTRIBUTED.value:
-        import jax
-
-        jax.distributed.initialize()
+        init_distributed()
     stage = config.get("stage", "show")
     if _DRY_RUN.value or stage == "show":
         print(config.to_json_best_effort(indent=2, sort_keys=True))
