@@ -57,3 +57,21 @@ def test_bad_override_errors_name_the_field(override, message):
 def test_config_path_is_accepted():
     r = _launch(f"--config={os.path.join(ROOT, 'configs', 'base.py')}", "--dry_run")
     assert r.returncode == 0, r.stderr
+
+
+def test_distributed_two_processes_on_loopback():
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+    procs = []
+    for pid in range(2):
+        env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(pid), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "rstar_jax.launch", "--distributed", "--config=base", "--dry_run",
+             "--alsologtostderr"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "2 local / 4 global devices" in err
+        assert json.loads(out)["mcts"]["c_puct"] == 2.0
