@@ -22,25 +22,41 @@ def mesh_config() -> config_dict.ConfigDict:
 
 
 def train_config() -> config_dict.ConfigDict:
-    """Policy SFT hyper-parameters (reference: lr 7e-6, 2 epochs, batch 128)."""
+    """Policy SFT hyper-parameters (reference: lr 7e-6, 2 epochs, batch 128). Read by rstar_jax.train.sft;
+    the PPM section starts from the same fields."""
     return config_dict.ConfigDict(
         {
             "learning_rate": 7e-6,
             "epochs": 2,
-            "batch_size": 128,
+            "batch_size": 128,  # global rows per optimizer step (SFT: packed rows of seq_len; PPM: pairs)
+            "micro_batch_size": 0,  # rows per forward/backward (gradient accumulation); 0 = the whole batch
+            "seq_len": 2048,
+            "schedule": "cosine",  # cosine | linear | constant, after linear warmup
+            "warmup_ratio": 0.03,  # fraction of the steps spent warming up from 0
+            "end_lr_ratio": 0.0,  # final learning rate as a fraction of the peak
+            "weight_decay": 0.0,  # AdamW decoupled weight decay
+            "adam_b1": 0.9,
+            "adam_b2": 0.999,
+            "adam_eps": 1e-8,
+            "max_grad_norm": 1.0,  # global-norm clipping; 0 = off
+            "eval_fraction": 0.02,  # seeded held-out share of the data (0 = no eval)
+            "eval_every": 0,  # steps between held-out evaluations; 0 = only at the end
+            "log_every": 10,  # steps between metric fetches (TensorBoard, stdout, progress bar)
+            "checkpoint_every": 200,  # steps between orbax checkpoints (the last step is always saved)
+            "keep_checkpoints": 2,
+            "seed": 0,  # shuffling and held-out split
+            "prefetch": 2,  # batches prepared ahead by a grain thread
         }
     )
 
 
 def ppm_train_config() -> config_dict.ConfigDict:
-    """Process preference model training hyper-parameters."""
-    return config_dict.ConfigDict(
-        {
-            "learning_rate": 7e-6,
-            "epochs": 2,
-            "batch_size": 128,
-        }
-    )
+    """PPM hyper-parameters (rstar_jax.train.ppm); the value head starts fresh on the SFT policy."""
+    config = train_config()
+    config.seq_len = 1024  # question prompt + prefix steps + one step
+    config.head_init_std = 0.02  # std of the fresh value head's weights
+    config.head_seed = 0
+    return config
 
 
 def mcts_config() -> config_dict.ConfigDict:
