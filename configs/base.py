@@ -60,15 +60,38 @@ def ppm_train_config() -> config_dict.ConfigDict:
 
 
 def mcts_config() -> config_dict.ConfigDict:
-    """Search settings (reference values from DESIGN.md)."""
+    """Search settings (reference values from DESIGN.md; deviations say so). Read by rstar_jax.mcts."""
     return config_dict.ConfigDict(
         {
-            "rollouts": 16,
-            "num_children": 12,
-            "c_puct": 2.0,
-            "max_depth": 16,
-            "errors_threshold": 1,
-            "q_init": "terminal",  # "terminal" (Q starts at 0) or "ppm" (PPM score is the first visit)
+            # Budget and batching.
+            "rollouts": 16,  # rollouts per problem (R1: 8, R2-R4: 16)
+            "extra_rollouts": [],  # round-4 rule: unsolved problems are searched again, fresh tree and seed, with these budgets in turn ([64, 128])
+            "batch_trees": 64,  # trees advanced in lockstep; a finished tree hands its slot to the next problem
+            "max_nodes": 512,  # initial node capacity per tree; grows (doubling, one recompile) when a tree fills it
+            # Expansion.
+            "num_children": 12,  # candidates sampled per expansion (reference n = 12)
+            "width_by_depth": [],  # optional n per depth (index = depth of the expanded node, last entry repeats); [] = num_children
+            "dedupe": "text",  # "text" (reference: identical texts), "code" (same code once comments/spacing are removed), "none"
+            "one_final_per_expansion": True,  # keep only the first candidate that ends the solution (code end or answer)
+            "max_step_tokens": 256,  # decode budget per step (and per answer continuation)
+            "temperature": 0.7,
+            "top_p": 0.95,
+            "top_k": 0,  # 0 = off
+            "share_prefix": True,  # LM policy: one prompt row with n samples (one prefill per expansion) vs n copies
+            # Selection and values.
+            "c_puct": 2.0,  # UCT exploration constant
+            "unvisited_score": 0.0,  # score of an unvisited child; the reference's 0 (Q 0, no bonus) -- a visited child with Q < 0 and a small bonus ranks below it
+            "random_ties": False,  # break UCT ties at random (per-tree seeded) instead of taking the first child
+            "max_depth": 16,  # a non-final step deeper than this is a dead terminal
+            "errors_threshold": 1,  # consecutive erroring steps that make a node dead (bootstrap round: 2)
+            "positive_reward": 1.0,  # correct answer, backed up to the root
+            "negative_reward": -1.0,  # wrong answer (backed up) and dead terminals (on themselves only)
+            "q_init": "terminal",  # "terminal" (new nodes start unvisited, Q 0) or "ppm" (PPM step score counts as the first visit)
+            # Output.
+            "flush_every": 16,  # finished trees per partial shard file (resume granularity after a kill)
+            # Inference (no ground truth): terminals are scored by the PPM.
+            "runs": 4,  # independent searches per problem
+            "vote_top_k": 4,  # majority vote over the top-K runs by PPM score
         }
     )
 
