@@ -1,0 +1,146 @@
+"""Glue shared by the SFT and PPM trainers: state on the mesh, the jitted steps, summaries, the CLI stage."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from etils import epath
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rstar_jax.train import optim, trainer
+
+
+@dataclasses.dataclass
+class Setup:
+    """A model ready to train: its state on the mesh and the jitted train/eval steps."""
+
+    state: trainer.TrainState
+    train_step: Callable
+    eval_step: Callable
+    micro_rows: int
+
+
+def batch_shards(mesh: jax.sharding.Mesh | None) -> int:
+    """How many ways the batch dimension is split (data x fsdp)."""
+    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def accumulation(batch_size: int, micro_batch_size: int, mesh) -> tuple[int, int]:
+    """(accumulation steps, rows per microbatch); checks that rows split over processes and shards."""
+    micro = micro_batch_size or batch_size
+    if batch_size % micro:
+        raise ValueError(f"train.batch_size={batch_size} is not a multiple of train.micro_batch_size={micro}")
+    shards = batch_shards(mesh)
+    if micro % shards or micro % jax.process_count():
+        raise ValueError(f"microbatch of {micro} rows does not split over {shards} batch shards "
+                         f"and {jax.process_count()} processes; pick a multiple of both")
+    return batch_size // micro, micro
+
+
+def state_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """NamedShardings for nnx state: the model package's logical-axis rules when it provides them,
+    else the variables' own `sharding` metadata read as mesh axes (replicated where absent)."""
+    try:
+        from rstar_jax.sharding import state_shardings as by_rules
+    except ImportError:
+        return nnx.get_named_sharding(tree, mesh)
+    return by_rules(tree, mesh)
+
+
+def setup_training(model: nnx.Module, loss_fn: trainer.LossFn, cfg, num_steps: int,
+                   mesh: jax.sharding.Mesh | None, compute_dtype=None) -> Setup:
+    """Splits `model`, places it (and a fresh AdamW state) on `mesh`, and jits the steps with donation."""
+    accum, micro = accumulation(cfg.batch_size, cfg.micro_batch_size, mesh)
+    optimizer, schedule = optim.make_optimizer(cfg, num_steps)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    compute_dtype = jnp.dtype(compute_dtype) if compute_dtype else None
+    step = trainer.make_train_step(graphdef, loss_fn, optimizer, schedule, accum, compute_dtype)
+    eval_step = trainer.make_eval_step(graphdef, loss_fn, compute_dtype)
+    if mesh is None:
+        opt_state = optimizer.init(params)
+        train_step = jax.jit(step, donate_argnums=(0, 1))
+        eval_jit = jax.jit(eval_step)
+    else:
+        param_sh = state_shardings(params, mesh)
+        rest_sh = state_shardings(rest, mesh)
+        params = jax.device_put(params, param_sh)
+        rest = jax.device_put(rest, rest_sh)
+        opt_sh = trainer.opt_state_shardings(optimizer, params, param_sh, mesh)
+        opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(params)
+        batch_sh = trainer.batch_sharding(mesh)
+        replicated = NamedSharding(mesh, P())
+        train_step = jax.jit(step, donate_argnums=(0, 1), in_shardings=(param_sh, opt_sh, rest_sh, batch_sh),
+                             out_shardings=(param_sh, opt_sh, replicated))
+        eval_jit = jax.jit(eval_step, in_shardings=(param_sh, rest_sh, batch_sh), out_shardings=replicated)
+    state = trainer.TrainState(graphdef, params, rest, opt_state, 0)
+    return Setup(state, _log_first_call(train_step, "train step"), _log_first_call(eval_jit, "eval step"), micro)
+
+
+def _log_first_call(fn: Callable, name: str) -> Callable:
+    """Wraps a jitted function to log how long its first call (trace + compile + run) took."""
+    first = [True]
+
+    def call(*args):
+        if not first[0]:
+            return fn(*args)
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        first[0] = False
+        logging.info("%s: first call (compile included) %.1fs", name, time.perf_counter() - t0)
+        return out
+
+    return call
+
+
+def loop_config(cfg, num_steps: int, desc: str) -> trainer.LoopConfig:
+    return trainer.LoopConfig(num_steps=num_steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
+                              checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
+                              desc=desc)
+
+
+def summarize(history: list[dict[str, float]], eval_metrics: dict[str, float], wall_s: float) -> dict:
+    """The numbers a stage reports: steps, first/final train loss, eval metrics, tokens/s, wall time."""
+    summary: dict[str, Any] = {"steps": len(history), "wall_s": round(wall_s, 2)}
+    if history:
+        summary["first_loss"] = history[0]["loss"]
+        summary["final_loss"] = history[-1]["loss"]
+    summary.update({f"eval_{k}": v for k, v in eval_metrics.items()})
+    return summary
+
+
+def run_stage(config, workdir: str, *, kind: str, train: Callable) -> dict:
+    """Command-line glue of both stages: mesh, tokenizer and model from `config`, train, export to HF.
+
+    `kind` is "policy" (causal LM) or "ppm" (the checkpoint's decoder with a fresh value head).
+    `train(model, tokenizer, mesh, compute_dtype) -> (model, summary)` does the work.
+    """
+    from rstar_jax import models, sharding
+    from rstar_jax.tokenizer import StepTokenizer
+
+    if not config.init_checkpoint:
+        raise ValueError("config.init_checkpoint is required: an HF directory (config.json + safetensors)")
+    t0 = time.perf_counter()
+    out = epath.Path(workdir)
+    mesh = sharding.make_mesh(config.mesh)
+    tokenizer = StepTokenizer.from_file(config.tokenizer or config.init_checkpoint)
+    with jax.set_mesh(mesh):
+        if kind == "policy":
+            model = models.load_hf(config.init_checkpoint, dtype=config.model.param_dtype, mesh=mesh)
+        else:
+            model = models.load_hf_ppm(config.init_checkpoint, dtype=config.model.param_dtype, mesh=mesh,
+                                       head_init_std=config.ppm_train.head_init_std,
+                                       head_seed=config.ppm_train.head_seed)
+        model, summary = train(model, tokenizer, mesh, config.model.dtype)
+        export = out / "export"
+        models.save_hf(model, export)
+    if jax.process_index() == 0:
+        tokenizer.save(export)
+    summary.update({"export": str(export), "stage_wall_s": round(time.perf_counter() - t0, 2)})
+    trainer.write_summary(out, summary)
+    return summary
