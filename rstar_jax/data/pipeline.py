@@ -40,12 +40,6 @@ class Shard:
     index: int = 0
     count: int = 1
 
-    @classmethod
-    def this_process(cls) -> "Shard":
-        import jax
-
-        return cls(jax.process_index(), jax.process_count())
-
     def rows(self, global_rows: int) -> slice:
         if global_rows % self.count:
             raise ValueError(f"global batch of {global_rows} rows does not split over {self.count} processes")

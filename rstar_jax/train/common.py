@@ -13,6 +13,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rstar_jax.data import pipeline
 from rstar_jax.train import optim, trainer
 
 
@@ -41,6 +42,19 @@ def accumulation(batch_size: int, micro_batch_size: int, mesh) -> tuple[int, int
         raise ValueError(f"microbatch of {micro} rows does not split over {shards} batch shards "
                          f"and {jax.process_count()} processes; pick a multiple of both")
     return batch_size // micro, micro
+
+
+def data_shard(mesh: jax.sharding.Mesh | None) -> pipeline.Shard:
+    """Which block of every global batch this process feeds, read off the batch sharding itself, so any
+    device order (and tensor groups spanning processes) works."""
+    if mesh is None:
+        return pipeline.Shard()
+    n = batch_shards(mesh)
+    index_map = trainer.batch_sharding(mesh).addressable_devices_indices_map((n,))
+    rows = sorted({idx[0].indices(n)[0] for idx in index_map.values()})
+    if rows != list(range(rows[0], rows[0] + len(rows))) or n % len(rows) or rows[0] % len(rows):
+        raise ValueError(f"process {jax.process_index()} holds batch shards {rows} of {n}: not one aligned block")
+    return pipeline.Shard(rows[0] // len(rows), n // len(rows))
 
 
 def state_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:

@@ -53,7 +53,7 @@ def train_ppm(model: nnx.Module, tokenizer, pairs: Sequence[PPMPair], cfg, workd
     workdir = epath.Path(workdir)
     train_pairs, eval_pairs = pipeline.split_holdout(list(pairs), cfg.eval_fraction, cfg.seed)
     tokd = pipeline.tokenize_ppm(tokenizer, train_pairs, cfg.seq_len)
-    shard = pipeline.Shard.this_process()
+    shard = common.data_shard(mesh)
     num_steps = pipeline.ppm_num_batches(len(tokd), cfg.batch_size, cfg.epochs)
     logging.info("PPM: %d train / %d held-out pairs -> %d steps of %d pairs x %d tokens",
                  len(tokd), len(eval_pairs), num_steps, cfg.batch_size, cfg.seq_len)
@@ -63,18 +63,20 @@ def train_ppm(model: nnx.Module, tokenizer, pairs: Sequence[PPMPair], cfg, workd
     if eval_pairs:
         eval_tok = pipeline.tokenize_ppm(tokenizer, eval_pairs, cfg.seq_len)
 
-        def eval_fn(state):
+        def held_out(state):
             batches = iter(pipeline.ppm_dataset(eval_tok, rows=setup.micro_rows, epochs=1, seed=cfg.seed,
                                                 shard=shard, shuffle=False, prefetch=cfg.prefetch))
             t = trainer.evaluate(setup.eval_step, state, batches, mesh)
             return {"loss": t["loss_sum"] / max(t["weight"], 1e-12), "accuracy": t["correct"] / max(t["pairs"], 1.0)}
 
-    state, history = trainer.fit(
+        eval_fn = held_out
+
+    state, history, last_eval = trainer.fit(
         setup.state, step_fn=setup.train_step, mesh=mesh, workdir=workdir, eval_fn=eval_fn, on_step=on_step,
         data=lambda: iter(pipeline.ppm_dataset(tokd, rows=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
                                                shard=shard, prefetch=cfg.prefetch)),
         loop=common.loop_config(cfg, num_steps, "ppm"))
-    summary = common.summarize(history, eval_fn(state) if eval_fn else {}, time.perf_counter() - t0)
+    summary = common.summarize(history, last_eval, time.perf_counter() - t0)
     if history:
         summary["final_accuracy"] = history[-1]["correct"] / max(history[-1]["pairs"], 1.0)
     return state.model(), summary

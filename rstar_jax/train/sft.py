@@ -50,7 +50,7 @@ def train_sft(model: nnx.Module, tokenizer, examples: Sequence[SFTExample], cfg,
     workdir = epath.Path(workdir)
     train_ex, eval_ex = pipeline.split_holdout(list(examples), cfg.eval_fraction, cfg.seed)
     tokd = pipeline.tokenize_sft(tokenizer, train_ex, cfg.seq_len)
-    shard = pipeline.Shard.this_process()
+    shard = common.data_shard(mesh)
 
     def data(examples_tok, epochs, shuffle, rows, this_shard, prefetch):
         return pipeline.sft_dataset(examples_tok, seq_len=cfg.seq_len, rows=rows, epochs=epochs, seed=cfg.seed,
@@ -66,16 +66,18 @@ def train_sft(model: nnx.Module, tokenizer, examples: Sequence[SFTExample], cfg,
         eval_tok = pipeline.tokenize_sft(tokenizer, eval_ex, cfg.seq_len)
         rows = setup.micro_rows
 
-        def eval_fn(state):
+        def held_out(state):
             batches = iter(data(eval_tok, 1, False, rows, shard, cfg.prefetch))
             totals = trainer.evaluate(setup.eval_step, state, batches, mesh)
             return {"loss": totals["loss_sum"] / max(totals["weight"], 1.0)}
 
-    state, history = trainer.fit(
+        eval_fn = held_out
+
+    state, history, last_eval = trainer.fit(
         setup.state, step_fn=setup.train_step, mesh=mesh, workdir=workdir, eval_fn=eval_fn, on_step=on_step,
         data=lambda: iter(data(tokd, cfg.epochs, True, cfg.batch_size, shard, cfg.prefetch)),
         loop=common.loop_config(cfg, num_steps, "sft"))
-    summary = common.summarize(history, eval_fn(state) if eval_fn else {}, time.perf_counter() - t0)
+    summary = common.summarize(history, last_eval, time.perf_counter() - t0)
     return state.model(), summary
 
 

@@ -216,14 +216,14 @@ class LoopConfig:
 def fit(state: TrainState, *, step_fn: Callable, data: Callable[[], Iterator], mesh: jax.sharding.Mesh | None,
         loop: LoopConfig, workdir: epath.Path, eval_fn: Callable[[TrainState], dict[str, float]] | None = None,
         on_step: Callable[[int, dict], None] | None = None, count_tokens: str = "tokens"
-        ) -> tuple[TrainState, list[dict[str, float]]]:
+        ) -> tuple[TrainState, list[dict[str, float]], dict[str, float]]:
     """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (if any) to `loop.num_steps`.
 
     `data()` returns a fresh grain iterator over this process's batches; its position is saved with
     every checkpoint and restored on resume, so an interrupted run continues on exactly the batches
     it would have seen. Metrics are fetched from the device only every `log_every` steps, so the
     host prepares the next batches while the device still runs the previous steps.
-    Returns the final state and every step's metrics (floats).
+    Returns the final state, every step's metrics (floats) and the last held-out metrics.
     """
     ckpt = Checkpoints(workdir / "checkpoints", loop.keep_checkpoints)
     sink = MetricsSink(workdir, loop.desc)
@@ -233,6 +233,7 @@ def fit(state: TrainState, *, step_fn: Callable, data: Callable[[], Iterator], m
         it.set_state(data_state)
         logging.info("%s: resumed from step %d", loop.desc, latest)
     history: list[dict[str, float]] = []
+    last_eval: dict[str, float] = {}
     pending: list[dict[str, jax.Array]] = []
     bar = tqdm(total=loop.num_steps, initial=state.step, desc=loop.desc, unit="step",
                disable=jax.process_index() != 0)
@@ -256,7 +257,8 @@ def fit(state: TrainState, *, step_fn: Callable, data: Callable[[], Iterator], m
                 bar.set_postfix(loss=f"{fetched[-1]['loss']:.4f}", tok_s=f"{rate:,.0f}")
                 sink.write(state.step, {**fetched[-1], "tokens_per_s": rate})
             if eval_fn is not None and (last or (loop.eval_every and state.step % loop.eval_every == 0)):
-                sink.write(state.step, {f"eval_{k}": v for k, v in eval_fn(state).items()})
+                last_eval = eval_fn(state)
+                sink.write(state.step, {f"eval_{k}": v for k, v in last_eval.items()})
                 clock = time.perf_counter()  # eval time is not training throughput
             if last or state.step % loop.checkpoint_every == 0:
                 ckpt.save(state.step, state, it.get_state())
@@ -266,7 +268,7 @@ def fit(state: TrainState, *, step_fn: Callable, data: Callable[[], Iterator], m
         bar.close()
         ckpt.close()
         sink.close()
-    return state, history
+    return state, history, last_eval
 
 
 def evaluate(eval_step: Callable, state: TrainState, batches: Iterator, mesh) -> dict[str, float]:

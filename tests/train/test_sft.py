@@ -135,3 +135,30 @@ def test_eval_loss_on_held_out_examples(tok, tmp_path):
     _, summary, _ = _train(tok, tmp_path, "eval", examples=many, epochs=1, eval_fraction=0.2)
     assert summary["eval_loss"] > 0 and np.isfinite(summary["eval_loss"])
     assert (tmp_path / "eval" / "tensorboard").exists() and (tmp_path / "eval" / "metrics.jsonl").exists()
+
+
+def test_two_process_run_matches_one_process(tok, tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    _, _, single = _train(tok, tmp_path, "one", epochs=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = os.path.join(os.path.dirname(__file__), "dist_worker.py")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    procs = [subprocess.Popen([sys.executable, worker, str(i), str(port), str(tmp_path / "two")], env=env, cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    two = np.array(json.loads((tmp_path / "two" / "curve.json").read_text()))
+    np.testing.assert_allclose(two, single, rtol=1e-5)

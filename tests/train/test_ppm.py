@@ -1,0 +1,53 @@
+"""PPM trainer: learns a synthetic step preference (held-out pairwise accuracy), weighted pairwise loss."""
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from rstar_jax.data.selection import PPMPair
+from rstar_jax.steps import build_prompt
+from rstar_jax.tokenizer import train_demo_tokenizer
+from rstar_jax.train import ppm
+from tiny_models import TinyPPM
+
+
+def _pairs(n: int, seed: int = 0) -> list[PPMPair]:
+    """Positive steps print a sum; negative ones divide by zero. Prompts and numbers vary."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        prompt = build_prompt(f"What is {a} plus {b}?") + "<code>\n# Step 1: read the numbers\n<end_of_step>"
+        pos = f"# Step 2: add\ns = {a} + {b}\nprint(s)\n<end_of_step>"
+        neg = f"# Step 2: add\ns = {a} / 0\nprint(s)\n<end_of_step>"
+        out.append(PPMPair(prompt, pos, neg, rng.randint(1, 2), 2))
+    return out
+
+
+def test_ppm_learns_a_synthetic_preference(tmp_path):
+    pairs = _pairs(60)
+    tok = train_demo_tokenizer([p.prompt + p.pos + p.neg for p in pairs], vocab_size=320)
+    cfg = base.ppm_train_config()
+    cfg.update({"learning_rate": 2e-3, "epochs": 6, "batch_size": 8, "seq_len": 96, "eval_fraction": 0.25,
+                "log_every": 5, "checkpoint_every": 1000, "prefetch": 0})
+    _, summary = ppm.train_ppm(TinyPPM(tok.vocab_size), tok, pairs, cfg, tmp_path / "ppm")
+    assert summary["eval_accuracy"] >= 0.95
+    assert summary["final_loss"] < 0.1 < summary["first_loss"]
+
+
+def test_pairwise_loss_weights_and_accuracy():
+    class Fixed:  # scores are the first token id: the loss is a known function of them
+        def __call__(self, ids, lengths):
+            return ids[:, 0].astype(jnp.float32)
+
+    batch = {"pos_ids": jnp.array([[3, 0], [1, 0], [5, 0]]), "neg_ids": jnp.array([[1, 0], [2, 0], [0, 0]]),
+             "pos_len": jnp.array([1, 1, 1]), "neg_len": jnp.array([2, 1, 1]),
+             "weight": jnp.array([0.5, 0.25, 0.0])}  # the last pair is padding
+    loss_sum, weight_sum, sums = ppm.ppm_loss(Fixed(), batch)
+    want = 0.5 * -np.log(jax.nn.sigmoid(2.0)) + 0.25 * -np.log(jax.nn.sigmoid(-1.0))
+    assert float(loss_sum) == pytest.approx(want, rel=1e-6)
+    assert float(weight_sum) == 0.75
+    assert (float(sums["correct"]), float(sums["pairs"]), float(sums["tokens"])) == (1.0, 2.0, 5.0)
