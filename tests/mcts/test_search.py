@@ -1,0 +1,167 @@
+"""The lockstep driver on scripted policies with the real sandbox and grader: rules, values, batching."""
+import json
+
+import numpy as np
+import pytest
+
+from rstar_jax.data import toyworld
+from rstar_jax.mcts import ScriptedPolicy
+from rstar_jax.mcts.search import LockstepSearch
+from mcts_helpers import make_cfg, problem
+
+C = "<code>\n# Step 1: x is three\nx = 3\n<end_of_step>"
+W = "<code>\n# Step 1: x is four\nx = 4\n<end_of_step>"
+FINAL = "# Now print the final answer\ny = x + 2\nprint(y)\n<end_of_code>"
+ERR = "z = 1 / 0\n<end_of_step>"
+
+
+def two_branches(problem, steps, n, rng):
+    """Root: a right and a wrong first step; below: print the answer, or a step that raises."""
+    return [C, W] if not steps else [FINAL, ERR]
+
+
+def run(policy, problems, cfg, sandbox, **kw):
+    trees = []
+    stats = LockstepSearch(policy, cfg, sandbox=sandbox, **kw).run(problems, trees.append)
+    return trees, stats
+
+
+def table(tree):
+    return [(n.parent, n.visits, n.value_sum, n.terminal, n.dead_reason) for n in tree.nodes]
+
+
+def test_small_tree_matches_hand_computed_values(sandbox):
+    (tree,), stats = run(ScriptedPolicy(two_branches), [problem("p")], make_cfg(rollouts=8, num_children=2), sandbox)
+    # Rollout 1: root -> [C, W]; C (first of equal scores) -> [final (+1, backed up), error step (dead, -1 alone)].
+    # Node C is then exhausted; rollout 2 takes W -> [final (-1, backed up), dead]; rollout 3 finds the root exhausted.
+    assert table(tree) == [
+        (-1, 2, 0.0, None, None),
+        (0, 1, 1.0, None, None),
+        (0, 1, -1.0, None, None),
+        (1, 1, 1.0, "answer", None),
+        (1, 1, -1.0, "dead", "error"),
+        (2, 1, -1.0, "answer", None),
+        (2, 1, -1.0, "dead", "error"),
+    ]
+    assert [n.answer for n in tree.nodes] == [None, None, None, "5", None, "6", None]
+    assert [n.correct for n in tree.nodes] == [None, None, None, True, None, False, None]
+    assert tree.nodes[3].text.endswith("<end_of_answer>") and "<output>5" in tree.nodes[3].text
+    assert "ZeroDivisionError" in tree.nodes[4].error
+    assert tree.stats["rollouts"] == 2 and stats.rollouts == 2 and stats.solved == 1
+    assert stats.programs == 6 and stats.expansions == 3
+
+
+def test_errors_threshold_counts_consecutive_errors(sandbox):
+    (tree,), _ = run(ScriptedPolicy(two_branches), [problem("p")],
+                     make_cfg(rollouts=8, num_children=2, errors_threshold=2), sandbox)
+    # The erroring step now survives (one error) and is expanded; its children rerun its code, so
+    # they reach two consecutive errors and die. Dead children leave their parent unvisited.
+    assert table(tree) == [
+        (-1, 2, 0.0, None, None),
+        (0, 1, 1.0, None, None),
+        (0, 1, -1.0, None, None),
+        (1, 1, 1.0, "answer", None),
+        (1, 0, 0.0, None, None),
+        (4, 1, -1.0, "dead", "error"),
+        (4, 1, -1.0, "dead", "error"),
+        (2, 1, -1.0, "answer", None),
+        (2, 0, 0.0, None, None),
+        (8, 1, -1.0, "dead", "error"),
+        (8, 1, -1.0, "dead", "error"),
+    ]
+    assert tree.nodes[4].error and tree.nodes[4].terminal is None
+
+
+def test_depth_and_unparsable_and_unboxed_are_dead(sandbox):
+    chain = ScriptedPolicy(lambda p, steps, n, rng: ["x = 1\n<end_of_step>", "x = 2  # no stop string"])
+    (tree,), _ = run(chain, [problem("p")], make_cfg(rollouts=4, num_children=2, max_depth=2), sandbox)
+    kinds = [(n.depth, n.terminal, n.dead_reason, n.visits, n.value_sum) for n in tree.nodes]
+    assert kinds == [(0, None, None, 0, 0.0),
+                     (1, None, None, 0, 0.0), (1, "dead", "unparsable", 1, -1.0),
+                     (2, None, None, 0, 0.0), (2, "dead", "unparsable", 1, -1.0),
+                     (3, "dead", "depth", 1, -1.0), (3, "dead", "unparsable", 1, -1.0)]
+    unboxed = ScriptedPolicy(lambda p, s, n, rng: [FINAL.replace("y = x + 2", "x = 3\ny = x + 2")],
+                             finish_fn=lambda p, s, partial, rng: "<answer>I am not sure<end_of_answer>")
+    (tree,), _ = run(unboxed, [problem("p")], make_cfg(rollouts=2, num_children=1), sandbox)
+    assert (tree.nodes[1].terminal, tree.nodes[1].dead_reason, tree.nodes[0].visits) == ("dead", "unparsable", 0)
+
+
+def test_visits_concentrate_on_the_correct_branch(sandbox):
+    """Wrong branch listed first: UCT explores it for a few rollouts, then the correct branch takes the rest."""
+    def policy(problem, steps, n, rng):
+        if not steps:
+            return [W, C]
+        return [f"# keep x\nx = x + {k} - {k}\n<end_of_step>" for k in rng.integers(1000, size=3)] + [FINAL]
+
+    (tree,), stats = run(ScriptedPolicy(policy), [problem("p")],
+                         make_cfg(rollouts=24, num_children=4, max_depth=5, max_nodes=512), sandbox)
+    wrong, right = tree.nodes[1], tree.nodes[2]
+    assert wrong.q == -1.0 and right.q == 1.0
+    assert right.visits > 3 * wrong.visits > 0
+    assert stats.rollouts == 24
+
+
+def toy_policy(noise=1.0):
+    return ScriptedPolicy(lambda p, steps, n, rng: toyworld.teacher_next_steps(p, steps, n, rng, noise))
+
+
+def strip(tree):
+    return json.dumps(tree.to_json(), sort_keys=True)
+
+
+def test_lockstep_equals_one_at_a_time_and_every_problem_once(sandbox):
+    problems = toyworld.generate_problems(7, seed=3, levels=(1, 2, 3))
+    cfg = make_cfg(rollouts=4, num_children=3, random_ties=True, dedupe="code")
+    together, stats = run(toy_policy(), problems, cfg, sandbox, seed=11)
+    assert sorted(t.problem_id for t in together) == sorted(p.id for p in problems)
+    assert stats.problems == 7 and stats.rollouts == sum(t.stats["rollouts"] for t in together)
+    cfg1 = make_cfg(rollouts=4, num_children=3, random_ties=True, dedupe="code", batch_trees=1)
+    alone = {}
+    for p in problems:
+        (t,), _ = run(toy_policy(), [p], cfg1, sandbox, seed=11)
+        alone[t.problem_id] = strip(t)
+    assert {t.problem_id: strip(t) for t in together} == alone
+    # A different seed gives different trees (the seeds really reach the policy).
+    other, _ = run(toy_policy(), problems, cfg, sandbox, seed=12)
+    assert {t.problem_id: strip(t) for t in other} != alone
+
+
+def test_round4_rule_retries_unsolved_problems_with_fresh_seeds(sandbox):
+    guess = ScriptedPolicy(lambda p, s, n, rng: [f"print({rng.integers(0, 4)})\n<end_of_code>"])
+    problems = [problem(i, answer="0") for i in range(8)]
+    trees, stats = run(guess, problems, make_cfg(rollouts=1, num_children=1, extra_rollouts=[1, 1, 1]), sandbox, seed=5)
+    assert len(trees) == 8
+    attempts = []
+    for t in trees:
+        solved = any(n.correct for n in t.nodes)
+        assert solved or t.stats["attempt"] == 3
+        assert t.stats["rollouts"] == t.stats["attempt"] + 1
+        attempts.append(t.stats["attempt"])
+    assert min(attempts) == 0 and max(attempts) > 0
+    assert stats.rollouts == sum(a + 1 for a in attempts)
+
+
+class KeywordScorer:
+    """A scripted PPM: +0.5 for texts whose first step sets x = 3, -0.5 otherwise."""
+
+    def score(self, texts):
+        return np.array([0.5 if "x = 3" in t else -0.5 for t in texts])
+
+
+def test_ppm_augmented_first_visit_is_not_backed_up(sandbox):
+    (tree,), stats = run(ScriptedPolicy(two_branches), [problem("p")],
+                         make_cfg(rollouts=1, num_children=2, q_init="ppm"), sandbox, ppm=KeywordScorer())
+    root, c, w = tree.nodes[:3]
+    assert (c.visits, c.value_sum, c.ppm_score) == (1 + 1, 0.5 + 1.0, 0.5)  # PPM first visit + the +1 backup
+    assert (w.visits, w.value_sum, w.ppm_score) == (1, -0.5, -0.5)
+    assert (root.visits, root.value_sum) == (1, 1.0)  # only the terminal reward reached the root
+    assert stats.ppm_scored == 2
+
+
+def test_bad_problems_are_named(sandbox):
+    from rstar_jax.io import InputError
+
+    with pytest.raises(InputError, match="duplicate problem id"):
+        run(ScriptedPolicy(two_branches), [problem("a"), problem("a")], make_cfg(), sandbox)
+    with pytest.raises(InputError, match="problem #1.*question"):
+        run(ScriptedPolicy(two_branches), [problem("a", question="  ")], make_cfg(), sandbox)
