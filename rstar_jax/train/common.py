@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rstar_jax import sharding
 from rstar_jax.data import pipeline
 from rstar_jax.train import optim, trainer
 
@@ -57,32 +57,21 @@ def data_shard(mesh: jax.sharding.Mesh | None) -> pipeline.Shard:
     return pipeline.Shard(rows[0] // len(rows), n // len(rows))
 
 
-def state_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    """NamedShardings for nnx state: the model package's logical-axis rules when it provides them,
-    else the variables' own `sharding` metadata read as mesh axes (replicated where absent)."""
-    try:
-        from rstar_jax.sharding import state_shardings as by_rules
-    except ImportError:
-        return nnx.get_named_sharding(tree, mesh)
-    return by_rules(tree, mesh)
-
-
 def setup_training(model: nnx.Module, loss_fn: trainer.LossFn, cfg, num_steps: int,
-                   mesh: jax.sharding.Mesh | None, compute_dtype=None) -> Setup:
+                   mesh: jax.sharding.Mesh | None) -> Setup:
     """Splits `model`, places it (and a fresh AdamW state) on `mesh`, and jits the steps with donation."""
     accum, micro = accumulation(cfg.batch_size, cfg.micro_batch_size, mesh)
     optimizer, schedule = optim.make_optimizer(cfg, num_steps)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    compute_dtype = jnp.dtype(compute_dtype) if compute_dtype else None
-    step = trainer.make_train_step(graphdef, loss_fn, optimizer, schedule, accum, compute_dtype)
-    eval_step = trainer.make_eval_step(graphdef, loss_fn, compute_dtype)
+    step = trainer.make_train_step(graphdef, loss_fn, optimizer, schedule, accum)
+    eval_step = trainer.make_eval_step(graphdef, loss_fn)
     if mesh is None:
         opt_state = optimizer.init(params)
         train_step = jax.jit(step, donate_argnums=(0, 1))
         eval_jit = jax.jit(eval_step)
     else:
-        param_sh = state_shardings(params, mesh)
-        rest_sh = state_shardings(rest, mesh)
+        param_sh = sharding.state_shardings(params, mesh)
+        rest_sh = sharding.state_shardings(rest, mesh)
         params = jax.device_put(params, param_sh)
         rest = jax.device_put(rest, rest_sh)
         opt_sh = trainer.opt_state_shardings(optimizer, params, param_sh, mesh)
@@ -131,26 +120,29 @@ def summarize(history: list[dict[str, float]], eval_metrics: dict[str, float], w
 def run_stage(config, workdir: str, *, kind: str, train: Callable) -> dict:
     """Command-line glue of both stages: mesh, tokenizer and model from `config`, train, export to HF.
 
-    `kind` is "policy" (causal LM) or "ppm" (the checkpoint's decoder with a fresh value head).
-    `train(model, tokenizer, mesh, compute_dtype) -> (model, summary)` does the work.
+    `kind` is "policy" (causal LM) or "ppm" (the checkpoint's backbone; a fresh value head when the
+    checkpoint is a policy). Weights are stored as `config.model.param_dtype` and computed in
+    `config.model.dtype`. `train(model, tokenizer, mesh) -> (model, summary)` does the work.
     """
-    from rstar_jax import models, sharding
+    from rstar_jax import models
     from rstar_jax.tokenizer import StepTokenizer
 
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: an HF directory (config.json + safetensors)")
     t0 = time.perf_counter()
     out = epath.Path(workdir)
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(dict(config.mesh))
     tokenizer = StepTokenizer.from_file(config.tokenizer or config.init_checkpoint)
+    dtypes = {"dtype": config.model.param_dtype, "compute_dtype": config.model.dtype, "mesh": mesh}
     with jax.set_mesh(mesh):
         if kind == "policy":
-            model = models.load_hf(config.init_checkpoint, dtype=config.model.param_dtype, mesh=mesh)
+            model = models.load_hf(config.init_checkpoint, **dtypes)
         else:
-            model = models.load_hf_ppm(config.init_checkpoint, dtype=config.model.param_dtype, mesh=mesh,
-                                       head_init_std=config.ppm_train.head_init_std,
-                                       head_seed=config.ppm_train.head_seed)
-        model, summary = train(model, tokenizer, mesh, config.model.dtype)
+            model = models.load_hf_ppm(config.init_checkpoint, head_init_std=config.ppm_train.head_init_std,
+                                       head_seed=config.ppm_train.head_seed, **dtypes)
+        if tokenizer.vocab_size > model.config.vocab_size:  # room for added step tokens
+            model = models.resize_vocab(model, tokenizer.vocab_size)
+        model, summary = train(model, tokenizer, mesh)
         export = out / "export"
         models.save_hf(model, export)
     if jax.process_index() == 0:

@@ -43,7 +43,7 @@ def ppm_loss(model: nnx.Module, batch: dict[str, jax.Array]):
 
 
 def train_ppm(model: nnx.Module, tokenizer, pairs: Sequence[PPMPair], cfg, workdir: epath.PathLike, *,
-              mesh: jax.sharding.Mesh | None = None, compute_dtype=None,
+              mesh: jax.sharding.Mesh | None = None,
               on_step: Callable[[int, dict], None] | None = None) -> tuple[nnx.Module, dict]:
     """Trains the PPM `model` on `pairs` with the `ppm_train` config section `cfg`; resumes from `workdir`.
 
@@ -57,7 +57,7 @@ def train_ppm(model: nnx.Module, tokenizer, pairs: Sequence[PPMPair], cfg, workd
     num_steps = pipeline.ppm_num_batches(len(tokd), cfg.batch_size, cfg.epochs)
     logging.info("PPM: %d train / %d held-out pairs -> %d steps of %d pairs x %d tokens",
                  len(tokd), len(eval_pairs), num_steps, cfg.batch_size, cfg.seq_len)
-    setup = common.setup_training(model, ppm_loss, cfg, num_steps, mesh, compute_dtype)
+    setup = common.setup_training(model, ppm_loss, cfg, num_steps, mesh)
 
     eval_fn = None
     if eval_pairs:
@@ -88,6 +88,5 @@ def run(config, workdir: str) -> dict:
         raise ValueError("config.ppm_data is required: a jsonl file of {'prompt', 'pos', 'neg'} lines")
     pairs = read_ppm(config.ppm_data)
     return common.run_stage(config, workdir, kind="ppm",
-                            train=lambda model, tok, mesh, dtype: train_ppm(
-                                model, tok, pairs, config.ppm_train, epath.Path(workdir), mesh=mesh,
-                                compute_dtype=dtype))
+                            train=lambda model, tok, mesh: train_ppm(
+                                model, tok, pairs, config.ppm_train, epath.Path(workdir), mesh=mesh))

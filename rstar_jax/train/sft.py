@@ -39,7 +39,7 @@ def sft_loss(model: nnx.Module, batch: dict[str, jax.Array]):
 
 
 def train_sft(model: nnx.Module, tokenizer, examples: Sequence[SFTExample], cfg, workdir: epath.PathLike, *,
-              mesh: jax.sharding.Mesh | None = None, compute_dtype=None,
+              mesh: jax.sharding.Mesh | None = None,
               on_step: Callable[[int, dict], None] | None = None) -> tuple[nnx.Module, dict]:
     """Fine-tunes `model` on `examples` with the `train` config section `cfg`; resumes from `workdir`.
 
@@ -59,7 +59,7 @@ def train_sft(model: nnx.Module, tokenizer, examples: Sequence[SFTExample], cfg,
     num_steps = pipeline.count_batches(data(tokd, cfg.epochs, True, cfg.batch_size, pipeline.Shard(), 0))
     logging.info("SFT: %d train / %d held-out examples -> %d steps of %d rows x %d tokens",
                  len(tokd), len(eval_ex), num_steps, cfg.batch_size, cfg.seq_len)
-    setup = common.setup_training(model, sft_loss, cfg, num_steps, mesh, compute_dtype)
+    setup = common.setup_training(model, sft_loss, cfg, num_steps, mesh)
 
     eval_fn = None
     if eval_ex:
@@ -87,6 +87,5 @@ def run(config, workdir: str) -> dict:
         raise ValueError("config.sft_data is required: a jsonl file of {'query', 'response'} lines")
     examples = read_sft(config.sft_data)
     return common.run_stage(config, workdir, kind="policy",
-                            train=lambda model, tok, mesh, dtype: train_sft(
-                                model, tok, examples, config.train, epath.Path(workdir), mesh=mesh,
-                                compute_dtype=dtype))
+                            train=lambda model, tok, mesh: train_sft(
+                                model, tok, examples, config.train, epath.Path(workdir), mesh=mesh))

@@ -3,8 +3,9 @@
 A trainer supplies a loss function `loss_fn(model, batch) -> (loss_sum, weight_sum, sums)` that
 returns sums, never means, so that gradient accumulation, any mesh and any number of processes
 all divide the same totals: the step's loss is sum(loss_sum) / sum(weight_sum) over the global batch.
-The model lives as nnx state split into parameters (trained, kept in `param_dtype`) and the rest;
-the step casts parameters to the compute dtype inside jit (bf16 compute on fp32 master weights).
+The model lives as nnx state split into parameters (the trained master copy, in the model's
+`param_dtype`, e.g. fp32) and the rest; the model computes in its own `dtype` (e.g. bf16), so
+gradients and AdamW updates stay in the master precision.
 """
 from __future__ import annotations
 
@@ -45,22 +46,17 @@ class TrainState:
         return nnx.merge(self.graphdef, self.params, self.rest)
 
 
-def cast_floats(tree: Any, dtype: Any) -> Any:
-    """Casts every floating array in `tree` to `dtype` (no-op when it already is)."""
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
 def microbatches(batch: dict[str, jax.Array], accum: int) -> dict[str, jax.Array]:
     """[B, ...] -> [accum, B/accum, ...] with microbatch k = rows k, k+accum, ...; every microbatch
     then spans all batch shards, so no rows move between devices."""
     return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
 
 
-def summed_grads(graphdef, loss_fn: LossFn, params, rest, batch, accum: int, compute_dtype):
+def summed_grads(graphdef, loss_fn: LossFn, params, rest, batch, accum: int):
     """Gradients of sum(loss_sum), plus the loss/weight/aux sums, over `accum` microbatches (lax.scan)."""
 
     def micro(p, mb):
-        loss_sum, weight_sum, sums = loss_fn(nnx.merge(graphdef, cast_floats(p, compute_dtype), rest), mb)
+        loss_sum, weight_sum, sums = loss_fn(nnx.merge(graphdef, p, rest), mb)
         return loss_sum, (weight_sum, sums)
 
     grad_fn = jax.value_and_grad(micro, has_aux=True)
@@ -79,11 +75,11 @@ def summed_grads(graphdef, loss_fn: LossFn, params, rest, batch, accum: int, com
 
 
 def make_train_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    accum: int, compute_dtype) -> Callable:
+                    accum: int) -> Callable:
     """The pure step (params, opt_state, rest, batch) -> (params, opt_state, metrics)."""
 
     def step(params, opt_state, rest, batch):
-        grads, loss_sum, weight_sum, sums = summed_grads(graphdef, loss_fn, params, rest, batch, accum, compute_dtype)
+        grads, loss_sum, weight_sum, sums = summed_grads(graphdef, loss_fn, params, rest, batch, accum)
         denom = jnp.where(weight_sum > 0, weight_sum, 1.0)
         grads = jax.tree.map(lambda g: g / denom.astype(g.dtype), grads)
         count = optax.tree_utils.tree_get_all_with_path(opt_state, "count")[0][1]  # updates done so far
@@ -96,11 +92,11 @@ def make_train_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransfor
     return step
 
 
-def make_eval_step(graphdef, loss_fn: LossFn, compute_dtype) -> Callable:
+def make_eval_step(graphdef, loss_fn: LossFn) -> Callable:
     """(params, rest, batch) -> the loss, weight and aux sums of one batch (forward only)."""
 
     def step(params, rest, batch):
-        loss_sum, weight_sum, sums = loss_fn(nnx.merge(graphdef, cast_floats(params, compute_dtype), rest), batch)
+        loss_sum, weight_sum, sums = loss_fn(nnx.merge(graphdef, params, rest), batch)
         return {"loss_sum": loss_sum, "weight": weight_sum, **sums}
 
     return step
