@@ -152,6 +152,7 @@ def test_eval_loss_on_held_out_examples(tok, tmp_path):
     assert (tmp_path / "eval" / "tensorboard").exists() and (tmp_path / "eval" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow  # two fresh jax runtimes: ~60-90 s on 2 shared cores
 def test_two_process_run_matches_one_process(tok, tmp_path):
     import json
     import os
