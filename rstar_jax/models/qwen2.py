@@ -1,0 +1,277 @@
+"""Qwen2 decoder (policy) and its value-head twin (PPM) in flax.nnx.
+
+Parameters are stored einsum-ready (e.g. q as [embed, q_heads, head_dim]) and carry `logical_axes`
+metadata that rstar_jax.sharding maps to the mesh. Two forwards share one block implementation:
+whole sequences (training; packed rows via segment ids) and the cache-aware path the generator uses
+(explicit per-token positions, KV cache as plain arrays, padding marked by position -1).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rstar_jax.models.config import Qwen2Config
+from rstar_jax.sharding import BATCH, constrain
+
+_MASKED = -1e30  # finite, so a query with no visible key gets uniform weights instead of NaN
+
+
+def _param(rngs: nnx.Rngs, init: float | str, shape, dtype, axes) -> nnx.Param:
+    """A parameter with logical axis names; `init` is 'zeros', 'ones' or the std of a normal draw.
+    The init rule is kept as metadata so `init_model` can draw the same distribution on the host."""
+    if init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        value = jax.random.normal(rngs.params(), shape, dtype) * init
+    return nnx.Param(value, logical_axes=axes, init=init)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Per-layer keys/values [B, S, kv_heads, head_dim] and the position held by each slot ([B, S],
+    -1 = empty or padding). Attention visibility comes from positions, so left-padded prompts,
+    per-sequence lengths and copied prefixes all work with one scalar write index.
+
+    Tree-structured prefix reuse (a later issue) plugs in here: a node's prefix is a slice
+    [:, :index] of these arrays; extending it is `forward_cached` on the new tokens at `index`.
+    """
+
+    k: list[jax.Array]
+    v: list[jax.Array]
+    pos: jax.Array
+
+    @property
+    def length(self) -> int:
+        return self.pos.shape[1]
+
+
+def init_cache(config: Qwen2Config, batch: int, length: int, dtype: Any) -> KVCache:
+    """An empty cache with room for `length` tokens per sequence."""
+    shape = (batch, length, config.num_key_value_heads, config.head_dim)
+    layers = config.num_hidden_layers
+    return KVCache(k=[jnp.zeros(shape, dtype) for _ in range(layers)],
+                   v=[jnp.zeros(shape, dtype) for _ in range(layers)],
+                   pos=jnp.full((batch, length), -1, jnp.int32))
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm computed in fp32, scaled in the input dtype (as the HF reference does)."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * y.astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding of x [B, T, heads, head_dim] at integer positions [B, T] (half-split layout)."""
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2.0 / x.shape[-1]))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, half]
+    cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
+    sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
+    """Grouped-query attention: q [B,T,H,D], k/v [B,S,K,D], visible [B,T,S] -> [B,T,H,D]."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.where(visible[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, rngs: nnx.Rngs, param_dtype):
+        d, h, kv, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        init = cfg.initializer_range
+        self.q_w = _param(rngs, init, (d, h, hd), param_dtype, ("embed", "q_heads", "head_dim"))
+        self.q_b = _param(rngs, "zeros", (h, hd), param_dtype, ("q_heads", "head_dim"))
+        self.k_w = _param(rngs, init, (d, kv, hd), param_dtype, ("embed", "kv_heads", "head_dim"))
+        self.k_b = _param(rngs, "zeros", (kv, hd), param_dtype, ("kv_heads", "head_dim"))
+        self.v_w = _param(rngs, init, (d, kv, hd), param_dtype, ("embed", "kv_heads", "head_dim"))
+        self.v_b = _param(rngs, "zeros", (kv, hd), param_dtype, ("kv_heads", "head_dim"))
+        self.o_w = _param(rngs, init, (h, hd, d), param_dtype, ("q_heads", "head_dim", "embed"))
+
+    def qkv(self, x: jax.Array, positions: jax.Array, theta: float):
+        dt = x.dtype
+        q = jnp.einsum("btd,dhk->bthk", x, self.q_w[...].astype(dt)) + self.q_b[...].astype(dt)
+        k = jnp.einsum("btd,dhk->bthk", x, self.k_w[...].astype(dt)) + self.k_b[...].astype(dt)
+        v = jnp.einsum("btd,dhk->bthk", x, self.v_w[...].astype(dt)) + self.v_b[...].astype(dt)
+        return rope(q, positions, theta), rope(k, positions, theta), v
+
+    def out(self, o: jax.Array) -> jax.Array:
+        return jnp.einsum("bthk,hkd->btd", o, self.o_w[...].astype(o.dtype))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, rngs: nnx.Rngs, param_dtype):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        init = cfg.initializer_range
+        self.gate = _param(rngs, init, (d, f), param_dtype, ("embed", "mlp"))
+        self.up = _param(rngs, init, (d, f), param_dtype, ("embed", "mlp"))
+        self.down = _param(rngs, init, (f, d), param_dtype, ("mlp", "embed"))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = x.dtype
+        g = x @ self.gate[...].astype(dt)
+        u = x @ self.up[...].astype(dt)
+        return (jax.nn.silu(g) * u) @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, rngs: nnx.Rngs, param_dtype):
+        self.input_norm = _param(rngs, "ones", (cfg.hidden_size,), param_dtype, ("norm",))
+        self.attn = Attention(cfg, rngs, param_dtype)
+        self.post_norm = _param(rngs, "ones", (cfg.hidden_size,), param_dtype, ("norm",))
+        self.mlp = MLP(cfg, rngs, param_dtype)
+
+
+class Qwen2Backbone(nnx.Module):
+    """Embedding, decoder blocks and final norm: token ids -> hidden states."""
+
+    def __init__(self, cfg: Qwen2Config, rngs: nnx.Rngs, param_dtype):
+        init = cfg.initializer_range
+        self.embed = _param(rngs, init, (cfg.padded_vocab, cfg.hidden_size), param_dtype, ("vocab", "embed"))
+        self.layers = nnx.List([Block(cfg, rngs, param_dtype) for _ in range(cfg.num_hidden_layers)])
+        self.norm = _param(rngs, "ones", (cfg.hidden_size,), param_dtype, ("norm",))
+
+    def run(self, cfg: Qwen2Config, ids: jax.Array, positions: jax.Array, dtype, kv_step) -> tuple[jax.Array, list]:
+        """Shared layer loop; `kv_step(layer, k, v) -> (keys, values, visible)` decides what each
+        query sees (the new tokens only, or the cache after writing them). Returns normed hidden states
+        and whatever `kv_step` returned per layer as its 4th element."""
+        x = constrain(jnp.take(self.embed[...], ids, axis=0).astype(dtype), (BATCH, "length", "embed"))
+        extra = []
+        for i, block in enumerate(self.layers):
+            h = rms_norm(x, block.input_norm[...], cfg.rms_norm_eps)
+            q, k, v = block.attn.qkv(h, positions, cfg.rope_theta)
+            keys, values, visible, aux = kv_step(i, k, v)
+            x = x + block.attn.out(attend(q, keys, values, visible))
+            x = x + block.mlp(rms_norm(x, block.post_norm[...], cfg.rms_norm_eps))
+            x = constrain(x, (BATCH, "length", "embed"))
+            extra.append(aux)
+        return rms_norm(x, self.norm[...], cfg.rms_norm_eps), extra
+
+    def hidden(self, cfg: Qwen2Config, ids: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+               dtype) -> jax.Array:
+        """Whole-sequence hidden states; token i sees tokens j <= i of its own segment (0 = padding)."""
+        t = ids.shape[1]
+        causal = jnp.tril(jnp.ones((t, t), bool))[None]
+        same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+        visible = causal & same
+        h, _ = self.run(cfg, ids, positions, dtype, lambda i, k, v: (k, v, visible, None))
+        return h
+
+    def hidden_cached(self, cfg: Qwen2Config, ids: jax.Array, positions: jax.Array, cache: KVCache,
+                      index: jax.Array, dtype) -> tuple[jax.Array, KVCache]:
+        """Writes the new tokens' keys/values at slots [index, index+T) and attends over the cache;
+        a key is visible when its slot holds a real token (pos >= 0) at a position <= the query's."""
+        pos = jax.lax.dynamic_update_slice(cache.pos, positions.astype(jnp.int32), (0, index))
+        visible = (pos[:, None, :] >= 0) & (pos[:, None, :] <= positions[:, :, None])
+
+        def step(i, k, v):
+            ck = jax.lax.dynamic_update_slice(cache.k[i], k.astype(cache.k[i].dtype), (0, index, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cache.v[i], v.astype(cache.v[i].dtype), (0, index, 0, 0))
+            return ck.astype(k.dtype), cv.astype(v.dtype), visible, (ck, cv)
+
+        h, kv = self.run(cfg, ids, jnp.maximum(positions, 0), dtype, step)
+        return h, KVCache(k=[a for a, _ in kv], v=[b for _, b in kv], pos=pos)
+
+
+def _defaults(ids: jax.Array, positions, segment_ids):
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+    if segment_ids is None:
+        segment_ids = jnp.ones(ids.shape, jnp.int32)
+    return positions, segment_ids
+
+
+class Qwen2ForCausalLM(nnx.Module):
+    """The policy: `model(ids)` -> fp32 logits [B, T, vocab_size].
+
+    `param_dtype` is the stored weight dtype, `dtype` the compute dtype (fp32 on CPU tests, bf16 on
+    accelerators); attention softmax, norms and logits are always fp32.
+    """
+
+    def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=None):
+        self.config = config
+        self.dtype = jnp.dtype(dtype or param_dtype)
+        self.model = Qwen2Backbone(config, rngs, param_dtype)
+        if not config.tie_word_embeddings:
+            init = config.initializer_range
+            self.lm_head = _param(rngs, init, (config.hidden_size, config.padded_vocab), param_dtype,
+                                  ("embed", "vocab"))
+
+    def head_weight(self) -> jax.Array:
+        """Output projection [hidden, padded_vocab] (the embedding's transpose when tied)."""
+        return self.model.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Hidden states [..., hidden] -> fp32 logits [..., vocab_size] (padding rows cut off)."""
+        w = self.head_weight().astype(h.dtype)
+        out = jnp.einsum("...d,dv->...v", h, w, preferred_element_type=jnp.float32)
+        return out[..., : self.config.vocab_size]
+
+    def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        positions, segment_ids = _defaults(input_ids, positions, segment_ids)
+        return self.logits(self.model.hidden(self.config, input_ids, positions, segment_ids, self.dtype))
+
+    def forward_cached(self, input_ids: jax.Array, positions: jax.Array, cache: KVCache, index: jax.Array,
+                       *, last_only: bool = False) -> tuple[jax.Array, KVCache]:
+        """Generator path: new tokens [B, T] at `positions` (-1 = padding) written at cache slot `index`.
+        Returns logits [B, T, V] (or [B, V] of the last column when `last_only`) and the new cache."""
+        h, cache = self.model.hidden_cached(self.config, input_ids, positions, cache, index, self.dtype)
+        return self.logits(h[:, -1] if last_only else h), cache
+
+    def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
+        return init_cache(self.config, batch, length, dtype or self.dtype)
+
+
+def step_score(raw: jax.Array) -> jax.Array:
+    """PPM step score used at inference: tanh(r / 5), in (-1, 1)."""
+    return jnp.tanh(raw / 5.0)
+
+
+class Qwen2PPM(nnx.Module):
+    """Process preference model: the Qwen2 backbone plus `Linear(hidden -> 1)` read at the last
+    non-pad token; `ppm(ids, lengths)` -> raw rewards [B] (fp32)."""
+
+    def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=None,
+                 head_init_std: float | None = None):
+        self.config = config
+        self.dtype = jnp.dtype(dtype or param_dtype)
+        self.model = Qwen2Backbone(config, rngs, param_dtype)
+        std = config.initializer_range if head_init_std is None else head_init_std
+        self.v_head_w = _param(rngs, std, (config.hidden_size, 1), param_dtype,
+                               ("embed", "value"))
+        self.v_head_b = _param(rngs, "zeros", (1,), param_dtype, ("value",))
+
+    def __call__(self, input_ids: jax.Array, lengths: jax.Array | None = None, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        """Raw rewards of right-padded rows; `lengths` [B] counts real tokens (default: all T)."""
+        b, t = input_ids.shape
+        if lengths is None:
+            lengths = jnp.full((b,), t, jnp.int32)
+        if segment_ids is None:
+            segment_ids = (jnp.arange(t)[None] < lengths[:, None]).astype(jnp.int32)
+        positions, segment_ids = _defaults(input_ids, positions, segment_ids)
+        h = self.model.hidden(self.config, input_ids, positions, segment_ids, self.dtype)
+        last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
+        w = self.v_head_w[...].astype(last.dtype)
+        return (jnp.einsum("bd,do->bo", last, w, preferred_element_type=jnp.float32)[:, 0]
+                + self.v_head_b[...].astype(jnp.float32)[0])
+
+    def scores(self, input_ids: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """Step scores tanh(r / 5)."""
+        return step_score(self(input_ids, lengths))

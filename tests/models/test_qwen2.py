@@ -1,0 +1,138 @@
+"""Logits parity of our Qwen2 with transformers, and agreement of the cache path with the whole-sequence path."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hf_tiny import hf_logits, hf_model, save
+
+from rstar_jax.models import Qwen2Config, init_model, load_hf, step_score
+
+CASES = [  # (kv_heads, tied, theta, vocab)
+    (2, False, 10000.0, 1000),
+    (4, True, 10000.0, 1000),
+    (2, True, 1_000_000.0, 997),
+    (4, False, 500.0, 997),
+]
+
+
+@pytest.mark.parametrize("kv_heads,tied,theta,vocab", CASES)
+def test_logits_match_transformers_fp32(tmp_path, kv_heads, tied, theta, vocab):
+    hf = hf_model(vocab=vocab, kv_heads=kv_heads, tied=tied, theta=theta)
+    model = load_hf(save(hf, tmp_path))
+    assert model.config.num_key_value_heads == kv_heads and model.config.rope_theta == theta
+    ids = np.random.RandomState(1).randint(0, vocab, (3, 17))
+    ours = np.asarray(model(jnp.asarray(ids, jnp.int32)))
+    assert ours.shape == (3, 17, vocab) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, hf_logits(hf, ids), atol=1e-4, rtol=0)
+
+
+def test_legacy_top_level_rope_theta(tmp_path):
+    import json
+    hf = hf_model(theta=777.0)
+    path = save(hf, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("rope_parameters")
+    cfg["rope_theta"] = 777.0
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    model = load_hf(path)
+    assert model.config.rope_theta == 777.0
+    ids = np.arange(24).reshape(2, 12) * 7
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), hf_logits(hf, ids), atol=1e-4, rtol=0)
+
+
+def test_bf16_compute_within_measured_tolerance(tmp_path):
+    # Measured on this config: max |dlogit| ~0.02 with logits of scale ~1; 0.1 leaves headroom
+    # while still failing for any real bug (those show up as O(1) differences).
+    hf = hf_model()
+    model = load_hf(save(hf, tmp_path), compute_dtype=jnp.bfloat16)
+    ids = np.random.RandomState(2).randint(0, 1000, (2, 16))
+    ours = np.asarray(model(jnp.asarray(ids)))
+    ref = hf_logits(hf, ids)
+    err = np.abs(ours - ref).max()
+    assert err < 0.1, err
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() > 0.9
+
+
+def test_padding_masks_match_transformers(tmp_path):
+    """Left-padded rows through the cache path equal HF with an attention mask; right-padded rows
+    via segment ids equal the unpadded sequences."""
+    hf = hf_model()
+    model = load_hf(save(hf, tmp_path))
+    rs = np.random.RandomState(3)
+    lens = [5, 11, 8]
+    t = max(lens)
+    ids = np.zeros((3, t), np.int64)
+    mask = np.zeros((3, t), np.int64)
+    for b, n in enumerate(lens):
+        ids[b, t - n:] = rs.randint(1, 1000, n)
+        mask[b, t - n:] = 1
+    positions = np.where(mask > 0, np.cumsum(mask, 1) - 1, -1)
+    cache = model.init_cache(3, t + 4)
+    logits, cache = model.forward_cached(jnp.asarray(ids), jnp.asarray(positions), cache, 0)
+    ref = hf_logits(hf, ids, mask)
+    np.testing.assert_allclose(np.asarray(logits)[mask > 0], ref[mask > 0], atol=1e-4, rtol=0)
+    # right padding with segment ids: every row's real tokens equal the row run alone
+    right = np.zeros((3, t), np.int64)
+    seg = np.zeros((3, t), np.int32)
+    for b, n in enumerate(lens):
+        right[b, :n] = ids[b, t - n:]
+        seg[b, :n] = 1
+    out = np.asarray(model(jnp.asarray(right), segment_ids=jnp.asarray(seg)))
+    for b, n in enumerate(lens):
+        np.testing.assert_allclose(out[b, :n], hf_logits(hf, right[b:b + 1, :n])[0], atol=1e-4, rtol=0)
+
+
+def test_cached_decode_equals_whole_sequence():
+    cfg = Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=1)
+    model = init_model(cfg, seed=1)
+    ids = jnp.asarray(np.random.RandomState(4).randint(0, 300, (2, 10)), jnp.int32)
+    full = np.asarray(model(ids))
+    cache = model.init_cache(2, 16)
+    pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
+    logits, cache = model.forward_cached(ids[:, :6], pos[:, :6], cache, 0)
+    steps = [np.asarray(logits)]
+    for i in range(6, 10):  # one token at a time, as the decoder does
+        lg, cache = model.forward_cached(ids[:, i:i + 1], pos[:, i:i + 1], cache, i, last_only=True)
+        steps.append(np.asarray(lg)[:, None])
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5, rtol=0)
+
+
+def test_packed_segments_are_independent():
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2)
+    model = init_model(cfg, seed=2)
+    a, b = jnp.arange(1, 6)[None], jnp.arange(10, 14)[None]
+    packed = jnp.concatenate([a, b], 1)
+    seg = jnp.asarray([[1] * 5 + [2] * 4])
+    pos = jnp.asarray([list(range(5)) + list(range(4))])
+    out = np.asarray(model(packed, positions=pos, segment_ids=seg))
+    np.testing.assert_allclose(out[0, 5:], np.asarray(model(b))[0], atol=1e-5)
+    np.testing.assert_allclose(out[0, :5], np.asarray(model(a))[0], atol=1e-5)
+
+
+def test_ppm_reads_last_real_token_and_scores():
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    ppm = init_model(cfg, seed=3, ppm=True, head_init_std=0.5)
+    ids = jnp.asarray([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
+    r = ppm(ids, lengths=jnp.asarray([3, 5]))
+    alone = ppm(ids[:1, :3])
+    assert r.shape == (2,)
+    np.testing.assert_allclose(r[0], alone[0], atol=1e-5)
+    assert abs(float(r[0] - r[1])) > 1e-4  # a different last token changes the reward
+    np.testing.assert_allclose(step_score(r), np.tanh(np.asarray(r) / 5), atol=1e-6)
+
+
+def test_config_rejects_math_we_do_not_implement():
+    base = dict(model_type="qwen2", vocab_size=10, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                num_attention_heads=2)
+    with pytest.raises(ValueError, match="rope_type"):
+        Qwen2Config.from_hf_dict({**base, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0}})
+    with pytest.raises(ValueError, match="sliding"):
+        Qwen2Config.from_hf_dict({**base, "use_sliding_window": True})
+    with pytest.raises(ValueError, match="missing field.*intermediate_size"):
+        Qwen2Config.from_hf_dict({k: v for k, v in base.items() if k != "intermediate_size"})
+    cfg = Qwen2Config.from_hf_dict({**base, "rope_theta": 123.0})
+    assert cfg.rope_theta == 123.0 and cfg.num_key_value_heads == 2 and cfg.head_dim == 4
+    assert Qwen2Config.from_hf_dict(cfg.to_hf_dict()) == cfg
