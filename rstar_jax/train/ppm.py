@@ -47,7 +47,8 @@ def train_ppm(model: nnx.Module, tokenizer, pairs: Sequence[PPMPair], cfg, workd
               on_step: Callable[[int, dict], None] | None = None) -> tuple[nnx.Module, dict]:
     """Trains the PPM `model` on `pairs` with the `ppm_train` config section `cfg`; resumes from `workdir`.
 
-    A seeded `cfg.eval_fraction` of the pairs is held out for loss and pairwise accuracy.
+    A seeded `cfg.eval_fraction` of the pairs is held out for loss and pairwise accuracy. As with
+    `train_sft`, `model`'s buffers are donated: keep the returned model.
     """
     t0 = time.perf_counter()
     workdir = epath.Path(workdir)

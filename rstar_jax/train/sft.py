@@ -44,7 +44,8 @@ def train_sft(model: nnx.Module, tokenizer, examples: Sequence[SFTExample], cfg,
     """Fine-tunes `model` on `examples` with the `train` config section `cfg`; resumes from `workdir`.
 
     A seeded `cfg.eval_fraction` of the examples is held out for the eval loss. Returns the trained
-    model and a summary (steps, final and eval loss, tokens/s, wall time).
+    model and a summary (steps, first/final and eval loss, wall time). The step donates its input
+    buffers, so `model` itself must not be used afterwards: keep the returned one.
     """
     t0 = time.perf_counter()
     workdir = epath.Path(workdir)

@@ -166,14 +166,19 @@ class Checkpoints:
 
 
 class MetricsSink:
-    """TensorBoard event files (process 0) plus `metrics.jsonl` lines and the absl log."""
+    """TensorBoard event files (process 0) plus `metrics.jsonl` lines and the absl log.
 
-    def __init__(self, workdir: epath.Path, prefix: str):
+    A resumed run keeps the earlier run's lines up to the step it resumed from."""
+
+    def __init__(self, workdir: epath.Path, prefix: str, start_step: int):
         self.prefix = prefix
         self.lead = jax.process_index() == 0
         self.writer = None
-        self.lines: list[str] = []
         self.path = workdir / "metrics.jsonl"
+        self.lines: list[str] = []
+        if self.lead and self.path.exists():
+            self.lines = [line for line in self.path.read_text().splitlines()
+                          if line.strip() and json.loads(line)["step"] <= start_step]
         if self.lead:
             from tensorboardX import SummaryWriter
 
@@ -211,7 +216,7 @@ class LoopConfig:
 
 def fit(state: TrainState, *, step_fn: Callable, data: Callable[[], Iterator], mesh: jax.sharding.Mesh | None,
         loop: LoopConfig, workdir: epath.Path, eval_fn: Callable[[TrainState], dict[str, float]] | None = None,
-        on_step: Callable[[int, dict], None] | None = None, count_tokens: str = "tokens"
+        on_step: Callable[[int, dict], None] | None = None
         ) -> tuple[TrainState, list[dict[str, float]], dict[str, float]]:
     """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (if any) to `loop.num_steps`.
 
@@ -222,18 +227,21 @@ def fit(state: TrainState, *, step_fn: Callable, data: Callable[[], Iterator], m
     Returns the final state, every step's metrics (floats) and the last held-out metrics.
     """
     ckpt = Checkpoints(workdir / "checkpoints", loop.keep_checkpoints)
-    sink = MetricsSink(workdir, loop.desc)
     it = data()
     if (latest := ckpt.latest_step()) is not None:
         state, data_state = ckpt.restore(latest, state)
-        it.set_state(data_state)
+        if data_state.get("num_steps") != loop.num_steps:
+            raise ValueError(f"{workdir}/checkpoints: step {latest} belongs to a run of {data_state.get('num_steps')} "
+                             f"steps, this one has {loop.num_steps} (other data or batch size?); use a fresh workdir")
+        it.set_state(data_state["iterator"])
         logging.info("%s: resumed from step %d", loop.desc, latest)
+    sink = MetricsSink(workdir, loop.desc, state.step)
     history: list[dict[str, float]] = []
     last_eval: dict[str, float] = {}
     pending: list[dict[str, jax.Array]] = []
     bar = tqdm(total=loop.num_steps, initial=state.step, desc=loop.desc, unit="step",
                disable=jax.process_index() != 0)
-    clock, tokens = time.perf_counter(), 0.0
+    clock = time.perf_counter()
     try:
         while state.step < loop.num_steps:
             batch = to_global(next(it), mesh)
@@ -246,7 +254,7 @@ def fit(state: TrainState, *, step_fn: Callable, data: Callable[[], Iterator], m
                 pending = []
                 history.extend(fetched)
                 now = time.perf_counter()
-                tokens = sum(m.get(count_tokens, 0.0) for m in fetched)
+                tokens = sum(m.get("tokens", 0.0) for m in fetched)
                 rate = tokens / max(now - clock, 1e-9)
                 clock = now
                 bar.update(len(fetched))
@@ -257,7 +265,7 @@ def fit(state: TrainState, *, step_fn: Callable, data: Callable[[], Iterator], m
                 sink.write(state.step, {f"eval_{k}": v for k, v in last_eval.items()})
                 clock = time.perf_counter()  # eval time is not training throughput
             if last or state.step % loop.checkpoint_every == 0:
-                ckpt.save(state.step, state, it.get_state())
+                ckpt.save(state.step, state, {"iterator": it.get_state(), "num_steps": loop.num_steps})
             if on_step is not None:
                 on_step(state.step, metrics)
     finally:

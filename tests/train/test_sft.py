@@ -128,7 +128,9 @@ class Crash(Exception):
 
 
 def test_killed_run_resumes_to_identical_parameters(tok, tmp_path):
-    run = dict(epochs=4, batch_size=2, seq_len=64)
+    import json
+
+    run = dict(epochs=4, batch_size=2, seq_len=64, prefetch=2, log_every=1)  # grain prefetch thread on
     straight, _, curve = _train(tok, tmp_path, "straight", **run)
     assert len(curve) >= 6
 
@@ -143,6 +145,10 @@ def test_killed_run_resumes_to_identical_parameters(tok, tmp_path):
     np.testing.assert_array_equal(rest, curve[3:])
     for a, b in zip(params_of(straight), params_of(resumed)):
         np.testing.assert_array_equal(a, b)
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, len(curve) + 1))
+    with pytest.raises(ValueError, match="belongs to a run of"):
+        _train(tok, tmp_path, "killed", **dict(run, epochs=5))
 
 
 def test_eval_loss_on_held_out_examples(tok, tmp_path):
@@ -178,3 +184,19 @@ def test_two_process_run_matches_one_process(tok, tmp_path):
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
     two = np.array(json.loads((tmp_path / "two" / "curve.json").read_text()))
     np.testing.assert_allclose(two, single, rtol=1e-5)
+
+
+def test_bf16_compute_keeps_fp32_master_weights(tok, tmp_path):
+    import jax.numpy as jnp
+
+    from rstar_jax.models import init_model
+    from tiny_models import tiny_config
+
+    model = init_model(tiny_config(tok.vocab_size), dtype=jnp.bfloat16)
+    before = [np.array(p) for p in params_of(model)]  # the trainer donates the model's buffers
+    trained, summary = sft.train_sft(model, tok, EXAMPLES, train_cfg(epochs=15), tmp_path / "bf16")
+    assert {p.dtype for p in params_of(trained)} == {jnp.dtype(jnp.float32)}
+    assert summary["final_loss"] < 0.7 * summary["first_loss"]
+    # updates smaller than bf16's resolution still land in the fp32 master copy
+    deltas = [np.abs(np.asarray(a) - b) for a, b in zip(params_of(trained), before)]
+    assert any(((d > 0) & (d < 1e-3)).any() for d in deltas)
