@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,15 +29,15 @@ class Setup:
 
 
 def batch_shards(mesh: jax.sharding.Mesh | None) -> int:
-    """How many ways the batch dimension is split (data x fsdp)."""
-    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    """How many ways the batch dimension is split (data x fsdp, by the logical rules)."""
+    return 1 if mesh is None else math.prod(mesh.shape[a] for a in sharding.RULES[sharding.BATCH])
 
 
 def accumulation(batch_size: int, micro_batch_size: int, mesh) -> tuple[int, int]:
     """(accumulation steps, rows per microbatch); checks that rows split over processes and shards."""
     micro = micro_batch_size or batch_size
     if batch_size % micro:
-        raise ValueError(f"train.batch_size={batch_size} is not a multiple of train.micro_batch_size={micro}")
+        raise ValueError(f"batch_size={batch_size} is not a multiple of micro_batch_size={micro}")
     shards = batch_shards(mesh)
     if micro % shards or micro % jax.process_count():
         raise ValueError(f"microbatch of {micro} rows does not split over {shards} batch shards "

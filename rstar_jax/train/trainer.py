@@ -26,10 +26,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from rstar_jax import sharding
 from rstar_jax.io import atomic_write_text
 
 LossFn = Callable[[nnx.Module, dict[str, jax.Array]], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
-BATCH_AXES = ("data", "fsdp")  # the mesh axes the batch dimension is split over
 
 
 @dataclasses.dataclass
@@ -107,16 +107,16 @@ def make_eval_step(graphdef, loss_fn: LossFn) -> Callable:
 
 
 def batch_sharding(mesh: jax.sharding.Mesh | None) -> NamedSharding | None:
-    """Rows split over the (data, fsdp) axes; replicated along tensor."""
-    return None if mesh is None else NamedSharding(mesh, P(BATCH_AXES))
+    """Rows split over the mesh axes the logical rules give the batch (data, fsdp); replicated along tensor."""
+    return None if mesh is None else NamedSharding(mesh, P(sharding.RULES[sharding.BATCH]))
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh | None) -> dict[str, jax.Array]:
     """This process's rows -> global arrays on the mesh (or plain device arrays without one)."""
     if mesh is None:
         return {k: jnp.asarray(v) for k, v in batch.items()}
-    sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    rows = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(rows, v) for k, v in batch.items()}
 
 
 def opt_state_shardings(optimizer: optax.GradientTransformation, params: Any, param_shardings: Any,

@@ -6,12 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
 from rstar_jax.data.selection import PPMPair
 from rstar_jax.steps import build_prompt
 from rstar_jax.tokenizer import train_demo_tokenizer
 from rstar_jax.train import ppm
-from tiny_models import TinyPPM
 
 
 def _pairs(n: int, seed: int = 0) -> list[PPMPair]:
@@ -27,15 +25,35 @@ def _pairs(n: int, seed: int = 0) -> list[PPMPair]:
     return out
 
 
-def test_ppm_learns_a_synthetic_preference(tmp_path):
+def test_ppm_stage_learns_a_synthetic_preference(tmp_path):
+    """The command-line stage: a policy checkpoint in, PPM with a fresh head trained, HF export out."""
+    from configs import ppm as ppm_config
+    from rstar_jax.data import pipeline
+    from rstar_jax.data.selection import write_ppm
+    from rstar_jax.models import load_hf_ppm, save_hf
+    from tiny_models import TinyLM
+
     pairs = _pairs(60)
     tok = train_demo_tokenizer([p.prompt + p.pos + p.neg for p in pairs], vocab_size=320)
-    cfg = base.ppm_train_config()
-    cfg.update({"learning_rate": 2e-3, "epochs": 6, "batch_size": 8, "seq_len": 96, "eval_fraction": 0.25,
-                "log_every": 5, "checkpoint_every": 1000, "prefetch": 0})
-    _, summary = ppm.train_ppm(TinyPPM(tok.vocab_size), tok, pairs, cfg, tmp_path / "ppm")
+    save_hf(TinyLM(tok.vocab_size), tmp_path / "policy")
+    tok.save(tmp_path / "policy")
+    write_ppm(tmp_path / "pairs.jsonl", pairs)
+    config = ppm_config.get_config()
+    config.init_checkpoint = str(tmp_path / "policy")
+    config.ppm_data = str(tmp_path / "pairs.jsonl")
+    config.model.dtype = "float32"
+    config.mesh.update({"data": 2, "fsdp": 2, "tensor": 2})
+    config.ppm_train.update({"learning_rate": 2e-3, "epochs": 6, "batch_size": 8, "seq_len": 96,
+                             "eval_fraction": 0.25, "log_every": 5, "checkpoint_every": 1000, "prefetch": 2})
+    summary = ppm.run(config, str(tmp_path / "run"))
     assert summary["eval_accuracy"] >= 0.95
     assert summary["final_loss"] < 0.1 < summary["first_loss"]
+    # the exported PPM keeps its trained head and ranks unseen pairs the same way
+    exported = load_hf_ppm(tmp_path / "run" / "export")
+    fresh = pipeline.tokenize_ppm(tok, _pairs(20, seed=1), 96)
+    ids = lambda side: jnp.asarray(np.stack([t[f"{side}_ids"] for t in fresh]))  # noqa: E731
+    lens = lambda side: jnp.asarray(np.array([t[f"{side}_len"] for t in fresh]))  # noqa: E731
+    assert float(jnp.mean(exported(ids("pos"), lens("pos")) > exported(ids("neg"), lens("neg")))) >= 0.95
 
 
 def test_pairwise_loss_weights_and_accuracy():

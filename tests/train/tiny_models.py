@@ -1,4 +1,4 @@
-"""Tiny real Qwen2 policies and PPMs (rstar_jax.models) for the trainer tests: fast on CPU, sharded
+"""Tiny real Qwen2 policies (rstar_jax.models) for the trainer tests: fast on CPU, sharded
 by the logical-axis rules like the full-size ones."""
 from rstar_jax.models import Qwen2Config, init_model
 
@@ -12,6 +12,3 @@ def tiny_config(vocab: int) -> Qwen2Config:
 def TinyLM(vocab: int, *, seed: int = 0):  # noqa: N802 (reads like the model class it builds)
     return init_model(tiny_config(vocab), seed=seed)
 
-
-def TinyPPM(vocab: int, *, seed: int = 0):  # noqa: N802
-    return init_model(tiny_config(vocab), seed=seed, ppm=True)
