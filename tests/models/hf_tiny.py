@@ -30,3 +30,11 @@ def save(model, path, max_shard_size=None) -> str:
     kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
     model.save_pretrained(str(path), **kw)
     return str(path)
+
+
+def jit_call(model, *args, **kw):
+    """One compiled forward (eager op-by-op dispatch costs seconds of per-op compiles on CPU)."""
+    import jax
+    from flax import nnx
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda s, *a, **k: nnx.merge(graphdef, s)(*a, **k))(state, *args, **kw)

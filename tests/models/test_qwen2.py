@@ -3,9 +3,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hf_tiny import hf_logits, hf_model, save
+from hf_tiny import hf_logits, hf_model, jit_call, save
 
-from rstar_jax.models import Qwen2Config, init_model, load_hf, step_score
+from rstar_jax.models import Qwen2Config, functional, init_model, load_hf, step_score
+
+
+def cached_fn(model):
+    fn, state = functional(model, "forward_cached")
+    jitted = jax.jit(fn, static_argnames="last_only")
+    return lambda *a, **k: jitted(state, *a, **k)
 
 CASES = [  # (kv_heads, tied, theta, vocab)
     (2, False, 10000.0, 1000),
@@ -21,7 +27,7 @@ def test_logits_match_transformers_fp32(tmp_path, kv_heads, tied, theta, vocab):
     model = load_hf(save(hf, tmp_path))
     assert model.config.num_key_value_heads == kv_heads and model.config.rope_theta == theta
     ids = np.random.RandomState(1).randint(0, vocab, (3, 17))
-    ours = np.asarray(model(jnp.asarray(ids, jnp.int32)))
+    ours = np.asarray(jit_call(model, jnp.asarray(ids, jnp.int32)))
     assert ours.shape == (3, 17, vocab) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, hf_logits(hf, ids), atol=1e-4, rtol=0)
 
@@ -37,7 +43,7 @@ def test_legacy_top_level_rope_theta(tmp_path):
     model = load_hf(path)
     assert model.config.rope_theta == 777.0
     ids = np.arange(24).reshape(2, 12) * 7
-    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), hf_logits(hf, ids), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(jit_call(model, jnp.asarray(ids))), hf_logits(hf, ids), atol=1e-4, rtol=0)
 
 
 def test_bf16_compute_within_measured_tolerance(tmp_path):
@@ -46,7 +52,7 @@ def test_bf16_compute_within_measured_tolerance(tmp_path):
     hf = hf_model()
     model = load_hf(save(hf, tmp_path), compute_dtype=jnp.bfloat16)
     ids = np.random.RandomState(2).randint(0, 1000, (2, 16))
-    ours = np.asarray(model(jnp.asarray(ids)))
+    ours = np.asarray(jit_call(model, jnp.asarray(ids)))
     ref = hf_logits(hf, ids)
     err = np.abs(ours - ref).max()
     assert err < 0.1, err
@@ -68,7 +74,7 @@ def test_padding_masks_match_transformers(tmp_path):
         mask[b, t - n:] = 1
     positions = np.where(mask > 0, np.cumsum(mask, 1) - 1, -1)
     cache = model.init_cache(3, t + 4)
-    logits, cache = model.forward_cached(jnp.asarray(ids), jnp.asarray(positions), cache, 0)
+    logits, cache = cached_fn(model)(jnp.asarray(ids), jnp.asarray(positions), cache, 0)
     ref = hf_logits(hf, ids, mask)
     np.testing.assert_allclose(np.asarray(logits)[mask > 0], ref[mask > 0], atol=1e-4, rtol=0)
     # right padding with segment ids: every row's real tokens equal the row run alone
@@ -77,7 +83,7 @@ def test_padding_masks_match_transformers(tmp_path):
     for b, n in enumerate(lens):
         right[b, :n] = ids[b, t - n:]
         seg[b, :n] = 1
-    out = np.asarray(model(jnp.asarray(right), segment_ids=jnp.asarray(seg)))
+    out = np.asarray(jit_call(model, jnp.asarray(right), segment_ids=jnp.asarray(seg)))
     for b, n in enumerate(lens):
         np.testing.assert_allclose(out[b, :n], hf_logits(hf, right[b:b + 1, :n])[0], atol=1e-4, rtol=0)
 
@@ -87,13 +93,14 @@ def test_cached_decode_equals_whole_sequence():
                       num_attention_heads=4, num_key_value_heads=1)
     model = init_model(cfg, seed=1)
     ids = jnp.asarray(np.random.RandomState(4).randint(0, 300, (2, 10)), jnp.int32)
-    full = np.asarray(model(ids))
+    full = np.asarray(jit_call(model, ids))
     cache = model.init_cache(2, 16)
     pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
-    logits, cache = model.forward_cached(ids[:, :6], pos[:, :6], cache, 0)
+    fc = cached_fn(model)
+    logits, cache = fc(ids[:, :6], pos[:, :6], cache, 0)
     steps = [np.asarray(logits)]
     for i in range(6, 10):  # one token at a time, as the decoder does
-        lg, cache = model.forward_cached(ids[:, i:i + 1], pos[:, i:i + 1], cache, i, last_only=True)
+        lg, cache = fc(ids[:, i:i + 1], pos[:, i:i + 1], cache, i, last_only=True)
         steps.append(np.asarray(lg)[:, None])
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5, rtol=0)
 
@@ -106,9 +113,9 @@ def test_packed_segments_are_independent():
     packed = jnp.concatenate([a, b], 1)
     seg = jnp.asarray([[1] * 5 + [2] * 4])
     pos = jnp.asarray([list(range(5)) + list(range(4))])
-    out = np.asarray(model(packed, positions=pos, segment_ids=seg))
-    np.testing.assert_allclose(out[0, 5:], np.asarray(model(b))[0], atol=1e-5)
-    np.testing.assert_allclose(out[0, :5], np.asarray(model(a))[0], atol=1e-5)
+    out = np.asarray(jit_call(model, packed, positions=pos, segment_ids=seg))
+    np.testing.assert_allclose(out[0, 5:], np.asarray(jit_call(model, b))[0], atol=1e-5)
+    np.testing.assert_allclose(out[0, :5], np.asarray(jit_call(model, a))[0], atol=1e-5)
 
 
 def test_ppm_reads_last_real_token_and_scores():
@@ -116,8 +123,8 @@ def test_ppm_reads_last_real_token_and_scores():
                       num_attention_heads=2, num_key_value_heads=1)
     ppm = init_model(cfg, seed=3, ppm=True, head_init_std=0.5)
     ids = jnp.asarray([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
-    r = ppm(ids, lengths=jnp.asarray([3, 5]))
-    alone = ppm(ids[:1, :3])
+    r = jit_call(ppm, ids, lengths=jnp.asarray([3, 5]))
+    alone = jit_call(ppm, ids[:1, :3])
     assert r.shape == (2,)
     np.testing.assert_allclose(r[0], alone[0], atol=1e-5)
     assert abs(float(r[0] - r[1])) > 1e-4  # a different last token changes the reward
