@@ -5,7 +5,7 @@ answer means the same as the gold one. Comparison runs in three layers, cheapest
 
 1. Normalisation (`normalize`): the MATH conventions — `\\dfrac`/`\\tfrac` become `\\frac`, `\\text{}`
    wrappers, `$`, `\\left`/`\\right`, spacing macros, degrees, `%`, trailing units and a leading
-   `x =` go away, valid thousands separators are dropped, whitespace is removed.
+   `x =` or `x \\in` go away, valid thousands separators are dropped, whitespace is removed.
 2. An exact fast path in this process: equal strings, plain numbers compared as `Fraction`s
    (`0.5` == `1/2` == `\\frac12`, `27` != `27.5`), multiple-choice letters, and the shape of
    tuples, intervals and sets. The common integer answer never touches sympy.
@@ -96,7 +96,7 @@ _TRAILING_UNIT = re.compile(r"(?<=[\d}])\s+" + _UNITS + r"\.?\s*$")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\^\s*\{?\s*\\degree\s*\}?|\\degree|°")
 _SPACING = re.compile(r"(?<!\\)\\[!,;: ]|\\q?quad\b|~")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])")
-_PREFIX = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?\s*=\s*")
+_PREFIX = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?\s*(?:=|\\in(?![a-zA-Z]))\s*")
 _FRAC_SHORT = re.compile(r"\\frac\s*(\d)\s*(\d)")
 _FRAC_HALF_SHORT = re.compile(r"\\frac\s*(\{[^{}]*\})\s*(\d)|\\frac\s*(\d)\s*(\{[^{}]*\})")
 _SQRT_SHORT = re.compile(r"\\sqrt\s*(\d)")
@@ -158,8 +158,8 @@ def normalize(answer: str) -> str:
     s = _TRAILING_UNIT.sub("", s).strip()
     if s.endswith("."):
         s = s[:-1]
-    if s.count("=") == 1:
-        s = _PREFIX.sub("", s)
+    if (m := _PREFIX.match(s)) and "=" not in s[m.end():]:
+        s = s[m.end():]
     s = _fix_short_macros(_squeeze(s))
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "")
@@ -273,6 +273,7 @@ def _compare(pred: str, gold: str, leaf: Leaf) -> bool | None:
 # ----------------------------------------------------------------------------------------------
 # Symbolic comparison in a helper process
 
+MAX_ANSWER_CHARS = 2000
 _ROOT = str(Path(__file__).resolve().parents[1])
 _STARTUP_S = 120.0
 
@@ -358,6 +359,15 @@ _idle: list[_Helper] = []
 _idle_lock = threading.Lock()
 
 
+def _forget_helpers() -> None:
+    """In a forked child: the parent's helpers share their pipes with the parent, so start afresh."""
+    global _idle, _idle_lock
+    _idle, _idle_lock = [], threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_helpers)
+
+
 def _symbolic(pred: str, gold: str, timeout: float) -> bool:
     """Runs the symbolic comparison on an idle helper (started on demand, one per concurrent caller)."""
     with _idle_lock:
@@ -375,9 +385,10 @@ def is_equiv(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool:
     """Whether answer `pred` means the same as `gold` (see the module docstring for the rules).
 
     Deterministic and safe to call from any thread; symbolic checks that take longer than
-    `timeout` seconds count as not equal. A missing or empty answer is never equal.
+    `timeout` seconds count as not equal. A missing or empty answer, or one longer than
+    `MAX_ANSWER_CHARS` (no real answer is; it bounds the string work), is never equal.
     """
-    if not pred or not gold:
+    if not pred or not gold or max(len(pred), len(gold)) > MAX_ANSWER_CHARS:
         return False
     p, g = normalize(pred), normalize(gold)
     fast = _compare(p, g, _fast_leaf)
