@@ -115,6 +115,11 @@ def edit_distance(a: str, b: str) -> int:
     return int(prev[-1])
 
 
+def far_apart(a: str, b: str, k: int) -> bool:
+    """edit_distance(a, b) >= k, skipping the DP when the length gap alone settles it."""
+    return abs(len(a) - len(b)) >= k or edit_distance(a, b) >= k
+
+
 def _outcomes(tree: TreeRecord, kids: list[list[int]]) -> tuple[list[bool], list[bool]]:
     """For every node: does its subtree (itself included) hold a correct answer / a wrong or dead end."""
     good = [False] * len(tree.nodes)
@@ -157,7 +162,7 @@ def select_ppm(tree: TreeRecord, cfg: SelectionConfig = SelectionConfig()) -> li
         kept = [
             (p, n) for p in pos for n in neg
             if tree.nodes[p].q - tree.nodes[n].q >= cfg.ppm_min_q_margin
-            and edit_distance(tree.nodes[p].text, tree.nodes[n].text) >= cfg.ppm_min_edit_distance
+            and far_apart(tree.nodes[p].text, tree.nodes[n].text, cfg.ppm_min_edit_distance)
         ]
         if not kept:
             continue

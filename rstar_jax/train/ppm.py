@@ -52,6 +52,8 @@ def train_ppm(model: nnx.Module, tokenizer, pairs: Sequence[PPMPair], cfg, workd
     """
     t0 = time.perf_counter()
     workdir = epath.Path(workdir)
+    if not pairs:
+        raise ValueError("train_ppm: no preference pairs to train on")
     train_pairs, eval_pairs = pipeline.split_holdout(list(pairs), cfg.eval_fraction, cfg.seed)
     tokd = pipeline.tokenize_ppm(tokenizer, train_pairs, cfg.seq_len)
     shard = common.data_shard(mesh)

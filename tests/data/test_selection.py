@@ -101,6 +101,7 @@ def test_edit_distance_matches_textbook_dp(seed):
         for j in range(1, len(b) + 1):
             d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
     assert sel.edit_distance(a, b) == d[-1]
+    assert sel.far_apart(a, b, 5) == (d[-1] >= 5)
 
 
 def test_files_round_trip_and_reference_lines_load(tmp_path):
