@@ -14,7 +14,9 @@ answer means the same as the gold one. Comparison runs in three layers, cheapest
    signal-based time limit only works in the main thread, whereas the search grades from workers.
 
 Structure rules: `(a,b)` and `[a,b)` are ordered (tuples, intervals; bracket kinds must match);
-`\\{a,b\\}` and bare comma lists `a, b` are unordered (MATH lists several solutions that way).
+`\\{a,b\\}` and bare comma lists `a, b` are unordered (MATH lists several solutions that way), and a
+one-element set equals its element. Multiple-choice letters (`B`, `(B)`, `B)`, `\\text{(B)}`) only
+ever equal the same letter; words (`\\text{even}`) compare as case-insensitive strings.
 """
 from __future__ import annotations
 
@@ -175,6 +177,7 @@ _DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
 _SLASH = re.compile(r"([-+]?)(\d+)/(\d+)")
 _FRAC = re.compile(r"([-+]?)\\frac\{([-+]?)(\d+)\}\{(\d+)\}")
 _CHOICE = re.compile(r"\(?([A-J])[).]?")
+_WORD = re.compile(r"[A-Za-z]{3,}")
 _MAX_DIGITS = 400
 
 
@@ -203,7 +206,13 @@ def _choice(s: str) -> str | None:
 
 
 def _fast_leaf(pred: str, gold: str) -> bool | None:
-    """Exact verdict on two normalised atoms when both are plain numbers; None to defer to sympy."""
+    """Exact verdict on two normalised atoms when both are plain numbers or one is a word; else None.
+
+    Words (three letters or more, e.g. `\\text{even}`) compare case-insensitively: as sympy
+    products of letters `east` would equal `ates`.
+    """
+    if _WORD.fullmatch(pred) or _WORD.fullmatch(gold):
+        return pred.lower() == gold.lower()
     p, g = _number(pred), _number(gold)
     return None if p is None or g is None else p == g
 

@@ -48,6 +48,8 @@ TABLE = [
     ("5 m", "5", True),
     ("\\text{Monday}", "\\text{Monday}", True),
     ("\\text{Tuesday}", "\\text{Monday}", False),
+    ("\\text{even}", "Even", True),
+    ("\\text{east}", "\\text{ates}", False),
     # degrees and percent
     ("30^\\circ", "30", True),
     ("30^{\\circ}", "30", True),
@@ -130,6 +132,12 @@ def test_table_has_every_rule_and_enough_cases():
 @pytest.mark.parametrize("pred,gold,expected", TABLE)
 def test_is_equiv_table(pred, gold, expected):
     assert is_equiv(pred, gold) is expected
+
+
+def test_normalize_is_idempotent():
+    for answer in {a for pred, gold, _ in TABLE for a in (pred, gold) if a}:
+        once = grading.normalize(answer)
+        assert grading.normalize(once) == once, answer
 
 
 def test_shuffled_rerun_gives_the_same_verdicts():
