@@ -33,9 +33,10 @@ class StepScorer(Protocol):
 
 
 class Executor(Protocol):
-    """The sandbox as the search uses it (rstar_jax.sandbox.Sandbox)."""
+    """The sandbox as the search uses it (rstar_jax.sandbox.Sandbox): `submit_many(codes).result()`
+    gives ExecResults (stdout, error, timed_out) in order, without blocking at submission."""
 
-    def run_many(self, codes: Sequence[str]) -> list[Any]: ...
+    def submit_many(self, codes: Sequence[str]) -> Any: ...
 
 
 def grade_answer(text: str, gold: str | None) -> tuple[str | None, bool | None]:
@@ -122,10 +123,10 @@ class _Child:
     """A candidate being turned into a node during one iteration."""
 
     slot: int
+    index: int  # position among the expansion's kept candidates (seeds the answer continuation)
     text: str
     kind: str | None
     node: _Node
-    program_idx: int = -1
 
 
 def check_problem(problem: Any, where: str) -> None:
@@ -176,15 +177,15 @@ class LockstepSearch:
         bar = tqdm(total=total, desc="mcts", unit="problem", dynamic_ncols=True, mininterval=2.0)
         self._counted = dataclasses.replace(self.policy.counters)
 
-        def next_problem(index: list[int] = [0]) -> Any | None:
-            for p in stream:
-                index[0] += 1
-                check_problem(p, f"problem #{index[0]}")
+        def next_problem() -> Any | None:
+            p = next(stream, None)
+            if p is not None:
+                where = f"problem #{len(seen) + 1}"
+                check_problem(p, where)
                 if str(p.id) in seen:
-                    raise InputError(f"problem #{index[0]}: duplicate problem id {p.id!r}")
+                    raise InputError(f"{where}: duplicate problem id {p.id!r}")
                 seen.add(str(p.id))
-                return p
-            return None
+            return p
 
         def fill(i: int, problem: Any, attempt: int, rollouts_before: int = 0) -> None:
             budget = int(self.cfg.rollouts) if attempt == 0 else int(self.cfg.extra_rollouts[attempt - 1])
@@ -271,9 +272,10 @@ class LockstepSearch:
         t2 = time.perf_counter()
         self.stats.time_decode += t2 - t1
 
-        # Filter, classify, and collect programs: ONE sandbox batch for the whole iteration.
+        # Filter and classify; every program of the iteration goes to the sandbox at once. Final code
+        # steps are queued first: their outputs are needed to decode the answers, which then overlaps
+        # with the execution of all other steps.
         children: list[_Child] = []
-        programs: list[str] = []
         for i, cands in zip(lanes, proposals):
             s, parent = slots[i], slots[i].nodes[leaf[i]]
             kept, dups = filter_candidates(cands, cfg.dedupe, bool(cfg.one_final_per_expansion))
@@ -281,58 +283,46 @@ class LockstepSearch:
             self.stats.duplicates += dups
             s.expansions += 1
             self.stats.expansions += 1
-            for text in kept:
-                child = _Child(i, text, stop_kind(text), _Node(text, int(leaf[i]), parent.depth + 1))
+            for k, text in enumerate(kept):
+                child = _Child(i, k, text, stop_kind(text), _Node(text, int(leaf[i]), parent.depth + 1))
                 if child.kind is None:
                     child.node.terminal, child.node.dead_reason = "dead", "unparsable"
-                else:
-                    child.program_idx = len(programs)
-                    programs.append(program(list(paths[i]) + [text]))
                 children.append(child)
+        finals = [ch for ch in children if ch.kind == "code"]
+        others = [ch for ch in children if ch.kind in ("step", "answer")]
+        run_final = self.sandbox.submit_many([program(list(paths[ch.slot]) + [ch.text]) for ch in finals])
+        run_other = self.sandbox.submit_many([program(list(paths[ch.slot]) + [ch.text]) for ch in others])
+        self.stats.programs += len(finals) + len(others)
         t3 = time.perf_counter()
         self.stats.time_host += (t1 - t0) + (t3 - t2)
-        results = self.sandbox.run_many(programs) if programs else []
+        final_results = run_final.result()
         t4 = time.perf_counter()
         self.stats.time_execute += t4 - t3
-        self.stats.programs += len(programs)
-
-        # Verification outcome of every step; final code steps wait for their answer.
-        to_finish: list[_Child] = []
-        for ch in children:
-            if ch.program_idx < 0:
-                continue
-            res, node = results[ch.program_idx], ch.node
-            parent = slots[ch.slot].nodes[node.parent]
-            node.output, node.error = res.stdout, res.error
-            node.errors = parent.errors + 1 if res.error else 0
-            if node.errors >= int(cfg.errors_threshold):
-                node.terminal, node.dead_reason = "dead", "error"
-            elif ch.kind == "code":
-                to_finish.append(ch)
-            elif ch.kind == "answer":
-                node.terminal = "answer"
-            elif node.depth > int(cfg.max_depth):
-                node.terminal, node.dead_reason = "dead", "depth"
-        t5 = time.perf_counter()
+        to_finish = [ch for ch, res in zip(finals, final_results) if self._verified(ch, res, slots)]
         if to_finish:
             reqs = []
-            for k, ch in enumerate(to_finish):
+            for ch in to_finish:
                 s = slots[ch.slot]
                 observation = ch.node.output if not ch.node.error else ch.node.output + ch.node.error
                 ch.node.text = ch.text + format_output(observation)
                 reqs.append(FinishRequest(s.problem, paths[ch.slot], ch.node.text,
-                                          derive_seed(s.tree_seed, "finish", s.expansions, k)))
-            t6 = time.perf_counter()
+                                          derive_seed(s.tree_seed, "finish", s.expansions, ch.index)))
+            t5 = time.perf_counter()
+            self.stats.time_host += t5 - t4
             tails = self.policy.finish(reqs)
-            t7 = time.perf_counter()
-            self.stats.time_decode += t7 - t6
-            t5 += t7 - t6  # decode time is not host time
+            t4 = time.perf_counter()
+            self.stats.time_decode += t4 - t5
             for ch, tail in zip(to_finish, tails):
                 ch.node.text += tail
                 if stop_kind(ch.node.text) == "answer":
                     ch.node.terminal = "answer"
                 else:
                     ch.node.terminal, ch.node.dead_reason = "dead", "unparsable"
+        other_results = run_other.result()
+        t5 = time.perf_counter()
+        self.stats.time_execute += t5 - t4
+        for ch, res in zip(others, other_results):
+            self._verified(ch, res, slots)
         for ch in children:
             if ch.node.terminal == "answer":
                 ch.node.answer, ch.node.correct = grade_answer(ch.node.text, slots[ch.slot].problem.answer)
@@ -394,6 +384,21 @@ class LockstepSearch:
         jax_block(tree)
         self.stats.time_tree += time.perf_counter() - t10
         return tree
+
+    def _verified(self, ch: _Child, res: Any, slots: list[_Slot | None]) -> bool:
+        """Applies a step's execution result (errors, depth); True when it is a final code step to finish."""
+        cfg, node = self.cfg, ch.node
+        node.output, node.error = res.stdout, res.error
+        node.errors = slots[ch.slot].nodes[node.parent].errors + 1 if res.error else 0
+        if node.errors >= int(cfg.errors_threshold):
+            node.terminal, node.dead_reason = "dead", "error"
+        elif ch.kind == "code":
+            return True
+        elif ch.kind == "answer":
+            node.terminal = "answer"
+        elif node.depth > int(cfg.max_depth):
+            node.terminal, node.dead_reason = "dead", "depth"
+        return False
 
     def _record(self, s: _Slot, arrays: dict[str, np.ndarray]) -> TreeRecord:
         """The finished tree as a TreeRecord (device values joined with host text)."""
