@@ -6,6 +6,7 @@ answer means the same as the gold one. Comparison runs in three layers, cheapest
 1. Normalisation (`normalize`): the MATH conventions — `\\dfrac`/`\\tfrac` become `\\frac`, `\\text{}`
    wrappers, `$`, `\\left`/`\\right`, spacing macros, degrees, `%`, trailing units and a leading
    `x =` or `x \\in` go away, valid thousands separators are dropped, whitespace is removed.
+   A dropped `%` leaves the written number (`50\\%` equals `50`, not `0.5`).
 2. An exact fast path in this process: equal strings, plain numbers compared as `Fraction`s
    (`0.5` == `1/2` == `\\frac12`, `27` != `27.5`), multiple-choice letters, and the shape of
    tuples, intervals and sets. The common integer answer never touches sympy.
@@ -84,17 +85,13 @@ def extract_answer(text: str) -> str | None:
 # ----------------------------------------------------------------------------------------------
 # Normalisation
 
-_UNITS = (
-    r"(?:square\s+|cubic\s+|sq\.?\s+)?"
-    r"(?:units?|cm|mm|km|m|meters?|metres?|centimeters?|kilometers?|inch(?:es)?|in|feet|foot|ft|"
-    r"yards?|miles?|mi|mph|seconds?|sec|s|minutes?|min|hours?|hrs?|days?|weeks?|months?|years?|"
-    r"dollars?|cents?|degrees?|grams?|g|kg|pounds?|lbs?|ounces?|oz|liters?|litres?|gallons?|ml|"
-    r"people|students|times|ways|points|marbles|apples|books|boxes|cups|pages)"
-    r"(?:\^\{?[23]\}?)?"
-)
+# One unit word: any word of three letters or more, or a known short unit; `^2`/`^3` allowed.
+_UNIT = r"(?:[A-Za-z]{3,}|cm|mm|km|m|in|ft|mi|s|h|g|kg|lb|oz|ml)(?:\^\{?[23]\}?)?"
 _TEXT_MACRO = re.compile(r"\\(?:text|textbf|textit|textnormal|mbox|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
-_TRAILING_TEXT_UNIT = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm|textnormal)\s*\{\s*" + _UNITS + r"\s*\}\s*$")
-_TRAILING_UNIT = re.compile(r"(?<=[\d}])\s+" + _UNITS + r"\.?\s*$")
+# After a number, trailing words are units: any inside `\text{...}`; bare ones when each is a unit
+# word (`18 marbles`, `5 cm^2`; but `2 x` is a product).
+_TRAILING_TEXT_UNIT = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm|textnormal)\s*\{\s*[A-Za-z][A-Za-z\s.]*(?:\^\{?[23]\}?)?\s*\}\s*$")
+_TRAILING_UNIT = re.compile(r"(?<=[\d}])(?:\s+" + _UNIT + r")+\.?\s*$")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\^\s*\{?\s*\\degree\s*\}?|\\degree|°")
 _SPACING = re.compile(r"(?<!\\)\\[!,;: ]|\\q?quad\b|~")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])")
