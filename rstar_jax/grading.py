@@ -331,6 +331,7 @@ class _Helper:
             raise RuntimeError("grading helper process failed to start")
 
     def _read_line(self, deadline: float) -> str | None:
+        """The helper's next output line, or None if it has not come by `deadline` or the pipe closed."""
         fd = self.proc.stdout.fileno()
         while b"\n" not in self.buffer:
             remaining = deadline - time.monotonic()
@@ -344,6 +345,7 @@ class _Helper:
         return line.decode()
 
     def ask(self, pred: str, gold: str, timeout: float) -> bool | None:
+        """The helper's verdict on two normalised answers; None (and the helper killed) past `timeout`."""
         try:
             self.proc.stdin.write((json.dumps([pred, gold]) + "\n").encode())
             self.proc.stdin.flush()
@@ -357,6 +359,7 @@ class _Helper:
         return reply == "1"
 
     def kill(self) -> None:
+        """Ends the helper, whatever it is doing, and reaps it."""
         self.proc.kill()
         self.proc.wait()
 
