@@ -43,7 +43,7 @@ _ANSWER_PHRASE = re.compile(r"(?=\banswer\s*(?:is\s*:?|:)\s*(?P<x>[^\n<]*))", re
 _GSM8K = re.compile(r"(?=####\s*(?P<x>[^\n<]*))")
 
 
-def _last_boxed(text: str) -> str | None:
+def last_boxed(text: str) -> str | None:
     """Content of the last `\\boxed{...}`/`\\fbox{...}` whose braces close; None if there is none."""
     for match in reversed(list(_BOX.finditer(text))):
         depth = 1
@@ -76,7 +76,7 @@ def extract_answer(text: str) -> str | None:
     of its line or the next `<` tag, without `$` and a final period; else GSM8K's last `#### X`.
     """
     if _BOX.search(text):
-        boxed = _last_boxed(text)
+        boxed = last_boxed(text)
         if boxed is not None:
             return boxed or None
     return _last_capture(_ANSWER_PHRASE, text) or _last_capture(_GSM8K, text)

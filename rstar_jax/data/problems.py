@@ -15,11 +15,11 @@ from typing import Any
 
 from etils import epath
 
+from rstar_jax.grading import last_boxed
 from rstar_jax.io import InputError, read_jsonl, write_jsonl
 
 _ID_FIELDS = ("id", "unique_id", "idx")
 _LEVEL = re.compile(r"\s*(?:level\s*)?(\d+|\?)\s*", re.IGNORECASE)
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,17 +31,6 @@ class Problem:
     answer: str
     level: int | None
     source: str
-
-
-def last_boxed(text: str) -> str | None:
-    """Contents of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`, nested braces kept; None if none closes."""
-    for match in reversed(list(_BOX.finditer(text))):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                return text[start:i].strip()
-    return None
 
 
 def load_problems(path: str | os.PathLike) -> list[Problem]:

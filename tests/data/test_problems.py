@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from rstar_jax.data.problems import Problem, last_boxed, load_problems, save_problems
+from rstar_jax.data.problems import Problem, load_problems, save_problems
+from rstar_jax.grading import last_boxed
 from rstar_jax.io import InputError
 
 
