@@ -1,0 +1,81 @@
+"""The LM policy end to end with a tiny random Qwen2: decode -> execute -> grade -> backup, batched."""
+import json
+
+import numpy as np
+import pytest
+
+from rstar_jax.data import toyworld
+from rstar_jax.mcts import StepRequest
+from rstar_jax.mcts.lm_policy import LMPolicy
+from rstar_jax.mcts.records import TreeRecord
+from rstar_jax.mcts.search import LockstepSearch
+from rstar_jax.models import Qwen2Config, init_model
+from rstar_jax.steps import STOP_STRINGS, stop_kind
+from rstar_jax.tokenizer import train_demo_tokenizer
+from mcts_helpers import make_cfg
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A random 1-layer Qwen2 over a 300-token demo vocabulary (step markers are ~1% of draws)."""
+    problems = toyworld.generate_problems(4, seed=0, levels=(1, 2))
+    tok = train_demo_tokenizer(toyworld.tokenizer_corpus(problems, np.random.default_rng(0)), 300)
+    cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)
+    return init_model(cfg, seed=0), tok, problems
+
+
+def lm_cfg(**kw):
+    return make_cfg(**{**dict(rollouts=2, num_children=3, max_step_tokens=32, temperature=1.0, top_p=1.0,
+                              errors_threshold=2), **kw})
+
+
+def test_search_with_a_random_lm_runs_every_stage(tiny, sandbox):
+    model, tok, problems = tiny
+    cfg = lm_cfg()
+    policy = LMPolicy(model, tok, cfg)
+    trees = []
+    stats = LockstepSearch(policy, cfg, sandbox=sandbox, seed=0, batch=4).run(problems, trees.append)
+    assert stats.problems == 4 and stats.tokens_decoded > 0 and stats.programs > 0
+    assert policy.counters.calls >= 2 and stats.tokens_prefilled > 0
+    for t in trees:
+        again = TreeRecord.from_json(json.loads(json.dumps(t.to_json())), "roundtrip")
+        for n in again.nodes[1:]:
+            kind = stop_kind(n.text)
+            if kind is None:
+                assert (n.terminal, n.dead_reason, n.visits, n.value_sum) == ("dead", "unparsable", 1, -1.0)
+            if n.terminal is None:
+                assert kind == "step" and n.visits == 0  # terminal-guided: no terminal below reached it
+        # Root visits are exactly the answer terminals backed up (+-1 each); dead ones stay local.
+        answers = [n for n in again.nodes if n.terminal == "answer"]
+        assert again.nodes[0].visits == len(answers)
+        assert again.nodes[0].value_sum == sum(1.0 if n.correct else -1.0 for n in answers)
+
+
+@pytest.mark.slow
+def test_lockstep_equals_alone_with_the_lm(tiny, sandbox):
+    model, tok, problems = tiny
+    cfg = lm_cfg()
+    together = []
+    LockstepSearch(LMPolicy(model, tok, cfg), cfg, sandbox=sandbox, seed=3, batch=4).run(problems, together.append)
+    for t in together:
+        alone = []
+        p = next(p for p in problems if p.id == t.problem_id)
+        LockstepSearch(LMPolicy(model, tok, cfg), cfg, sandbox=sandbox, seed=3, batch=1).run([p], alone.append)
+        assert json.dumps(alone[0].to_json()) == json.dumps(t.to_json())
+
+
+def test_prefix_sharing_prefills_each_prompt_once(tiny):
+    model, tok, problems = tiny
+    requests = [StepRequest(p, (), 3, seed=i) for i, p in enumerate(problems[:2])]
+    prompt_tokens = sum(len(tok.encode(r.prompt)) for r in requests)
+    shared = LMPolicy(model, tok, lm_cfg(share_prefix=True))
+    out = shared.propose(requests)
+    assert [len(c) for c in out] == [3, 3] and shared.counters.prefill_tokens == prompt_tokens
+    assert shared.counters.calls == 1 and shared.counters.sequences == 6
+    copies = LMPolicy(model, tok, lm_cfg(share_prefix=False))
+    out2 = copies.propose(requests)
+    assert [len(c) for c in out2] == [3, 3] and copies.counters.prefill_tokens == 3 * prompt_tokens
+    # Candidates stop at (and keep) a step marker, or run to the token limit without one.
+    for text in sum(out + out2, []):
+        assert stop_kind(text) is not None or not any(s in text for s in STOP_STRINGS)
