@@ -1,0 +1,978 @@
+"""Isolated execution of model-written Python: a pool of pre-started workers that fork a fresh child per program.
+
+Why: search verifies millions of step programs. The reference `exec`s them in shared globals with no limits;
+here every program gets a clean interpreter (a fork of a warmed worker), OS limits, a private working
+directory, a scrubbed environment, no network, an unprivileged uid when started as root, and a wall-clock
+timeout enforced from outside. Everything a program starts is killed when it finishes.
+
+Usage::
+
+    with Sandbox(workers=2, timeout_s=5.0, memory_mb=1024) as sb:
+        sb.run("print(1 + 1)").stdout                  # '2\\n'
+        sb.run_many(codes)                              # list[ExecResult], same order as `codes`
+        batch = sb.submit_many(codes)                   # returns at once; programs run in the background
+        ...                                             # keep decoding
+        results = batch.result()                        # list[ExecResult], same order
+
+Process layout: Sandbox (caller, may have imported jax) --spawn--> worker (clean interpreter started with
+``python -I sandbox.py``; pre-imports common modules, enters private network/mount namespaces, acts as
+child subreaper) --fork per program--> child (sets limits, drops to the worker's uid, runs the code).
+This file is both the library and the worker's entry point, so it imports only the standard library.
+"""
+from __future__ import annotations
+
+import builtins
+import concurrent.futures
+import ctypes
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+import queue
+import resource
+import select
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger(__name__)
+
+OUTPUT_HEAD = 512
+OUTPUT_TAIL = 512
+# Modules most step programs import; pre-importing them in the worker makes `import sympy` in a program free.
+# sympy is left out: a worker holding it forks ~5x slower (15 ms vs 3 ms here), which every program would pay.
+DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools", "collections", "re",
+                   "random", "statistics", "numpy")
+# Each worker slot gets its own uid from this range, so programs in different workers cannot signal or
+# read each other and the per-uid process limit bounds one program, not the whole pool.
+UID_BASE = 200_000
+UID_SPAN = 4096
+UID_LOCK_DIR = os.path.join(tempfile.gettempdir(), "rstar_jax_sandbox_uids")
+# World-writable directories: the only places an unprivileged program can write outside its working dir.
+SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+WORKER_START_TIMEOUT_S = 120.0
+BACKSTOP_GRACE_S = 10.0      # extra time the pool gives a worker past the program timeout before killing it
+DRAIN_GRACE_S = 0.5          # how long to keep reading output after a program's processes are gone
+MAX_RESULT_BYTES = 1 << 20   # the child's result message; anything longer is a forged or broken channel
+MiB = 1 << 20
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWNET = 0x40000000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER = 1, 38, 36
+
+
+def cap_output(text: str, head: int = OUTPUT_HEAD, tail: int = OUTPUT_TAIL) -> str:
+    """Keeps the first `head` and last `tail` characters of `text` (the reference keeps 512 + 512)."""
+    if head < 0 or tail < 0:
+        raise ValueError(f"cap_output: head and tail must be >= 0, got head={head}, tail={tail}")
+    if len(text) <= head + tail:
+        return text
+    return text[:head] + (text[-tail:] if tail else "")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """Outcome of one program. `error` is the traceback's last line or the sandbox's reason; None on success."""
+    stdout: str
+    error: str | None = None
+    timed_out: bool = False
+    stderr: str = ""
+    exit_code: int | None = None   # the child's exit status; negative = killed by that signal
+    duration_s: float = 0.0
+    limit: str | None = None       # which limit stopped it: timeout, memory, cpu, output, worker
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-program resource limits (see Sandbox for the meaning of each)."""
+    timeout_s: float = 5.0
+    memory_mb: int = 1024
+    disk_mb: int = 64
+    max_processes: int = 32
+    max_open_files: int = 64
+    output_head: int = OUTPUT_HEAD
+    output_tail: int = OUTPUT_TAIL
+
+    def __post_init__(self) -> None:
+        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise ValueError(f"Sandbox: timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
+        for name in ("memory_mb", "disk_mb", "max_processes", "max_open_files"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Sandbox: {name} must be >= 1, got {getattr(self, name)!r}")
+        if self.max_open_files < 8:
+            raise ValueError(f"Sandbox: max_open_files must be >= 8 (the interpreter needs a few), "
+                             f"got {self.max_open_files}")
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Which isolation layers a worker managed to turn on (decided at startup, logged once per pool)."""
+    network: str      # "namespace" (empty network namespace) or "deny" (audit hook refuses sockets)
+    filesystem: str   # "private tmpfs", "uid + sweep" or "deny" (audit hook refuses writes outside the workdir)
+    user: str         # "uid N" or "unchanged"
+    no_new_privs: bool
+    subreaper: bool
+
+
+# ---------------------------------------------------------------- framing: 4-byte length + JSON, over pipes
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _send(fd: int, obj: dict) -> None:
+    payload = json.dumps(obj).encode("utf-8")
+    _write_all(fd, struct.pack(">I", len(payload)) + payload)
+
+
+def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
+    """Reads exactly n bytes; None on EOF; TimeoutError past `deadline` (monotonic)."""
+    chunks, got = [], 0
+    while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _recv(fd: int, deadline: float | None = None) -> dict | None:
+    """One framed message, or None if the other side closed the pipe."""
+    header = _read_exact(fd, 4, deadline)
+    if header is None:
+        return None
+    payload = _read_exact(fd, struct.unpack(">I", header)[0], deadline)
+    return None if payload is None else json.loads(payload)
+
+
+# ---------------------------------------------------------------- worker side (runs in the spawned interpreter)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, arg: int) -> bool:
+    return _libc.prctl(option, arg, 0, 0, 0) == 0
+
+
+def _unshare(flags: int) -> bool:
+    return _libc.unshare(flags) == 0
+
+
+def _mount(source: bytes | None, target: bytes, fstype: bytes | None, flags: int, data: bytes | None) -> bool:
+    return _libc.mount(source, target, fstype, flags, data) == 0
+
+
+class _ByteCapture:
+    """Keeps the head and the tail of a byte stream of any length, in bounded memory."""
+
+    def __init__(self, head_chars: int, tail_chars: int):
+        self.head_max = 4 * head_chars          # UTF-8 needs at most 4 bytes a character
+        self.tail_max = 4 * tail_chars + 4
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.head_max - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            if len(self.tail) > self.tail_max:
+                del self.tail[:len(self.tail) - self.tail_max]
+
+    def text(self, head: int, tail: int) -> str:
+        """The captured stream decoded and capped like `cap_output`."""
+        if self.total == len(self.head) + len(self.tail):      # nothing was dropped
+            return cap_output((self.head + self.tail).decode("utf-8", "replace"), head, tail)
+        tail_text = self.tail.decode("utf-8", "replace")
+        return self.head.decode("utf-8", "replace")[:head] + (tail_text[-tail:] if tail else "")
+
+
+def _child_env(workdir: str) -> dict[str, str]:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "PYTHONDONTWRITEBYTECODE": "1",
+            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _writes(mode: object, flags: object) -> bool:
+    if isinstance(mode, str) and any(c in mode for c in "wax+"):
+        return True
+    return isinstance(flags, int) and bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
+
+
+def _install_deny_hook(deny_network: bool, deny_files: bool, workdir: str) -> None:
+    """Audit-hook layer for machines without namespaces or uid switching; it cannot be removed once added."""
+    root = os.path.realpath(workdir)
+    path_events = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link",
+                   "os.symlink", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
+    spawn_events = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen", "os.startfile",
+                    "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "os.putenv", "os.kill", "os.killpg"}
+
+    def inside(path: object) -> bool:
+        if isinstance(path, int):
+            return True
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not isinstance(path, (str, os.PathLike)):
+            return True
+        real = os.path.realpath(os.fspath(path))
+        return real == root or real.startswith(root + os.sep)
+
+    def hook(event: str, args: tuple) -> None:
+        if deny_network and event.startswith("socket."):
+            raise PermissionError(f"sandbox: network access is disabled ({event})")
+        if not deny_files:
+            return
+        if event == "open" and len(args) >= 3 and _writes(args[1], args[2]) and not inside(args[0]):
+            raise PermissionError(f"sandbox: writing outside the working directory is disabled ({args[0]!r})")
+        if event in path_events and not all(inside(a) for a in args[:2] if isinstance(a, (str, bytes))):
+            raise PermissionError(f"sandbox: changing files outside the working directory is disabled ({event})")
+        if event in spawn_events:
+            raise PermissionError(f"sandbox: {event} is disabled")
+
+    sys.addaudithook(hook)
+
+
+def _run_code(code: str) -> str | None:
+    """Executes `code` as __main__ with fresh globals; returns None or the error line."""
+    globs = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        exec(compile(code, "<program>", "exec"), globs)
+    except SystemExit as e:
+        if e.code is None or e.code == 0:
+            return None
+        return f"SystemExit: {e.code}"
+    except MemoryError:
+        return "memory limit exceeded (MemoryError)"
+    except BaseException as e:  # noqa: BLE001 - any failure of the program is its result
+        try:
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001 - printing may itself hit a limit
+            pass
+        lines = traceback.format_exception_only(type(e), e)
+        return lines[-1].strip() if lines else type(e).__name__
+    return None
+
+
+class _Worker:
+    """Runs in the worker process: sets up isolation once, then forks one child per request."""
+
+    def __init__(self, config: dict):
+        self.limits = Limits(**config["limits"])
+        self.uid: int | None = config["uid"]
+        self.pid = os.getpid()
+        self.pagesize = os.sysconf("SC_PAGE_SIZE")
+        self.tmpfs_dirs: list[str] = []
+        self.base_dir = ""
+        self.layers = self._set_up(config)
+
+    # -- startup
+
+    def _set_up(self, config: dict) -> Layers:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        subreaper = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        netns = mountns = False
+        if config["namespaces"] is not False:
+            mountns = _unshare(_CLONE_NEWNS) and _mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None)
+            netns = _unshare(_CLONE_NEWNET)
+            if config["namespaces"] is True and not (netns and mountns):
+                raise OSError(errno.EPERM, "namespaces=True but unshare(CLONE_NEWNET|CLONE_NEWNS) is not permitted")
+        if mountns:
+            self._mount_private_tmp()
+            mountns = _expose_interpreter()
+        if self.uid is not None and not mountns and _interpreter_hidden():
+            log.warning("sandbox: the interpreter lives under a directory other users cannot enter and there is "
+                        "no mount namespace to expose it; programs keep this worker's uid")
+            self.uid = None
+        self.base_dir = tempfile.mkdtemp(prefix="rstar_sandbox_")
+        os.chmod(self.base_dir, 0o711)
+        if self.uid is not None and not self._can_switch_to(self.uid):
+            self.uid = None
+        if self.uid is not None:
+            self._kill_uid()                     # leftovers of a previous worker on this slot
+        self._preload(config["preload"])
+        if self.tmpfs_dirs:
+            filesystem = "private tmpfs"
+        elif self.uid is not None:
+            filesystem = "uid + sweep"
+        else:
+            filesystem = "deny"
+        return Layers(network="namespace" if netns else "deny", filesystem=filesystem,
+                      user=f"uid {self.uid}" if self.uid is not None else "unchanged",
+                      no_new_privs=self._probe_no_new_privs(), subreaper=subreaper)
+
+    def _mount_private_tmp(self) -> None:
+        size = f"size={self.limits.disk_mb}m,mode=1777".encode()
+        seen = set()
+        for d in SHARED_WRITABLE_DIRS:
+            real = os.path.realpath(d)
+            if real in seen or not os.path.isdir(real):
+                continue
+            seen.add(real)
+            if _mount(b"tmpfs", real.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, size):
+                self.tmpfs_dirs.append(real)
+
+    def _can_switch_to(self, uid: int) -> bool:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+                os._exit(0)
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+        return os.waitpid(pid, 0)[1] == 0
+
+    def _probe_no_new_privs(self) -> bool:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if _prctl(_PR_SET_NO_NEW_PRIVS, 1) else 1)
+        return os.waitpid(pid, 0)[1] == 0
+
+    def _preload(self, modules: Sequence[str]) -> None:
+        for name in modules:
+            try:
+                __import__(name)
+            except ImportError:
+                pass
+
+    # -- one program
+
+    def run(self, code: str, timeout_s: float) -> dict:
+        workdir = os.path.join(self.tmpfs_dirs[0] if self.tmpfs_dirs else self.base_dir, "run")
+        os.mkdir(workdir, 0o700)
+        if self.uid is not None:
+            os.chown(workdir, self.uid, self.uid)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        res_r, res_w = os.pipe()
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            self._child(code, workdir, out_w, err_w, res_w, timeout_s)
+        for fd in (out_w, err_w, res_w):
+            os.close(fd)
+        try:
+            result = self._collect(pid, out_r, err_r, res_r, start, timeout_s)
+        finally:
+            self._clean_files(workdir)
+        return result
+
+    def _child(self, code: str, workdir: str, out_w: int, err_w: int, res_w: int, timeout_s: float) -> None:
+        """Runs in the forked child; never returns."""
+        me = os.getpid()
+        report_fd = res_w
+        try:
+            os.setsid()
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.dup2(res_w, 3)
+            report_fd = 3
+            _close_fds_from(4)
+            os.chdir(workdir)
+            self._set_limits(timeout_s)
+            if self.uid is not None:
+                os.setgroups([])
+                os.setresgid(self.uid, self.uid, self.uid)
+                os.setresuid(self.uid, self.uid, self.uid)
+            _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+            os.environ.clear()
+            os.environ.update(_child_env(workdir))
+            sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
+            sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+            sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace",
+                                               closefd=False, buffering=1)
+            sys.dont_write_bytecode = True
+            deny_net = self.layers.network == "deny"
+            deny_files = self.layers.filesystem == "deny"
+            if deny_net or deny_files:
+                _install_deny_hook(deny_net, deny_files, workdir)
+        except BaseException as e:  # noqa: BLE001
+            os.write(report_fd, json.dumps({"setup_error": repr(e)}).encode())
+            os._exit(70)
+        error = _run_code(code)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:  # noqa: BLE001 - a full disk or a closed fd is the program's own doing
+                pass
+        if os.getpid() == me:                 # forks of the program that fall through here stay silent
+            try:
+                _write_all(3, json.dumps({"error": error}).encode())
+            except OSError:
+                pass
+        os._exit(0)
+
+    def _set_limits(self, timeout_s: float) -> None:
+        lim = self.limits
+        with open("/proc/self/statm") as f:
+            vm_now = int(f.read().split()[0]) * self.pagesize
+        cpu = int(math.ceil(timeout_s)) + 1
+        settings = [
+            (resource.RLIMIT_AS, vm_now + lim.memory_mb * MiB, vm_now + lim.memory_mb * MiB),
+            (resource.RLIMIT_CPU, cpu, cpu + 1),
+            (resource.RLIMIT_FSIZE, lim.disk_mb * MiB, lim.disk_mb * MiB),
+            (resource.RLIMIT_NOFILE, lim.max_open_files, lim.max_open_files),
+            (resource.RLIMIT_CORE, 0, 0),
+        ]
+        if self.uid is not None:   # per-uid count: only meaningful for our own dedicated uid
+            settings.append((resource.RLIMIT_NPROC, lim.max_processes, lim.max_processes))
+        for which, soft, hard in settings:
+            resource.setrlimit(which, (soft, hard))
+
+    def _collect(self, pid: int, out_r: int, err_r: int, res_r: int, start: float, timeout_s: float) -> dict:
+        """Reads output until the child exits or the deadline; then kills what is left and builds the result."""
+        lim = self.limits
+        out, err = _ByteCapture(lim.output_head, lim.output_tail), _ByteCapture(lim.output_head, lim.output_tail)
+        res = bytearray()
+        sinks = {out_r: out.add, err_r: err.add, res_r: lambda d: res.extend(d[:MAX_RESULT_BYTES - len(res)])}
+        pidfd = os.pidfd_open(pid)
+        poller = select.poll()
+        for fd in (*sinks, pidfd):
+            poller.register(fd, select.POLLIN)
+        open_fds = set(sinks)
+        deadline = start + timeout_s
+        timed_out, exited = False, False
+        while not exited:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            for fd, _ in poller.poll(left * 1000):
+                if fd == pidfd:
+                    exited = True
+                else:
+                    self._read_into(fd, sinks, poller, open_fds)
+        poller.unregister(pidfd)
+        os.close(pidfd)
+        if timed_out:
+            _kill_quietly(lambda: os.killpg(pid, signal.SIGKILL))
+        status = os.waitpid(pid, 0)[1]
+        duration = time.monotonic() - start
+        self._kill_leftovers(pid)
+        self._drain(sinks, poller, open_fds)
+        return self._result(status, timed_out, timeout_s, bytes(res), out, err, duration)
+
+    @staticmethod
+    def _read_into(fd: int, sinks: dict, poller: select.poll, open_fds: set) -> None:
+        data = os.read(fd, 1 << 16)
+        if data:
+            sinks[fd](data)
+        else:
+            poller.unregister(fd)
+            open_fds.discard(fd)
+            os.close(fd)
+
+    def _drain(self, sinks: dict, poller: select.poll, open_fds: set) -> None:
+        """Reads what is still buffered in the pipes; gives up after a grace period (a writer that escaped)."""
+        end = time.monotonic() + DRAIN_GRACE_S
+        while open_fds and time.monotonic() < end:
+            for fd, _ in poller.poll(max(0.0, end - time.monotonic()) * 1000):
+                self._read_into(fd, sinks, poller, open_fds)
+        for fd in list(open_fds):
+            os.close(fd)
+
+    def _result(self, status: int, timed_out: bool, timeout_s: float, res: bytes,
+                out: _ByteCapture, err: _ByteCapture, duration: float) -> dict:
+        exit_code = os.waitstatus_to_exitcode(status)
+        limit = None
+        message = _parse_child_message(res)
+        if timed_out:
+            error, limit = f"timeout after {timeout_s:g}s", "timeout"
+        elif message is not None and "setup_error" in message:
+            error = f"sandbox setup failed: {message['setup_error']}"
+        elif message is not None and exit_code == 0:
+            error = message.get("error")
+            if error is not None and not isinstance(error, str):
+                error = repr(error)
+            if error is not None and error.startswith("memory limit exceeded"):
+                limit = "memory"
+        else:
+            error, limit = _exit_reason(exit_code)
+        return {"stdout": out.text(self.limits.output_head, self.limits.output_tail),
+                "stderr": err.text(self.limits.output_head, self.limits.output_tail),
+                "error": error, "timed_out": timed_out, "exit_code": exit_code,
+                "duration_s": duration, "limit": limit}
+
+    # -- cleanup after each program
+
+    def _kill_leftovers(self, pgid: int) -> None:
+        """Kills and reaps every process the program started (they all descend from this subreaper)."""
+        _kill_quietly(lambda: os.killpg(pgid, signal.SIGKILL))
+        for attempt in range(400):
+            if not self._reap_and_check_children():
+                return
+            if self.uid is not None:
+                self._kill_uid()
+            else:
+                self._kill_descendants()
+            time.sleep(0.0005 * min(attempt + 1, 20))
+        log.warning("sandbox worker %d: program processes survived repeated SIGKILL", self.pid)
+
+    @staticmethod
+    def _reap_and_check_children() -> bool:
+        """Reaps exited children; True if some child is still running."""
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return False
+            if pid == 0:
+                return True
+
+    def _kill_uid(self) -> None:
+        """SIGKILLs every process running as this worker's uid: kill(-1) with real and effective uid switched."""
+        os.setresuid(self.uid, self.uid, 0)
+        try:
+            _kill_quietly(lambda: os.kill(-1, signal.SIGKILL))
+        finally:
+            os.setresuid(0, 0, 0)
+
+    def _kill_descendants(self) -> None:
+        parents: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            parents.setdefault(int(fields[1]), []).append(int(entry))
+        stack = list(parents.get(self.pid, []))
+        while stack:
+            pid = stack.pop()
+            _kill_quietly(lambda p=pid: os.kill(p, signal.SIGKILL))
+            stack.extend(parents.get(pid, []))
+
+    def _clean_files(self, workdir: str) -> None:
+        _remove_tree(workdir)
+        for d in self.tmpfs_dirs:                 # private to this worker: everything there is the program's
+            _empty_dir(d)
+        if not self.tmpfs_dirs and self.uid is not None:
+            for d in SHARED_WRITABLE_DIRS:
+                _empty_dir(d, owner=self.uid)
+
+    def serve(self) -> None:
+        _send(1, {"ready": asdict(self.layers)})
+        while True:
+            request = _recv(0)
+            if request is None:
+                break
+            _send(1, self.run(request["code"], request["timeout_s"]))
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def _close_fds_from(first: int) -> None:
+    """Closes every open descriptor >= first (listing /proc is far cheaper than closing 65536 numbers)."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) >= first:
+            try:
+                os.close(int(name))
+            except OSError:
+                pass
+
+
+def _interpreter_dirs() -> set[str]:
+    dirs = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    dirs.add(os.path.dirname(os.path.realpath(sys.executable)))
+    return {d for d in dirs if not any(d.startswith(o + os.sep) for o in dirs)}
+
+
+def _blocked_ancestor(path: str) -> str | None:
+    """The first directory on `path` that other users may not enter (e.g. a 0700 /root), or None."""
+    current = os.sep
+    for part in path.strip(os.sep).split(os.sep):
+        current = os.path.join(current, part)
+        try:
+            if not os.stat(current).st_mode & stat.S_IXOTH:
+                return current
+        except OSError:
+            return None
+    return None
+
+
+def _interpreter_hidden() -> bool:
+    return any(_blocked_ancestor(d) for d in _interpreter_dirs())
+
+
+def _expose_interpreter() -> bool:
+    """Inside the worker's mount namespace, covers each closed ancestor of the interpreter's directories
+    (e.g. /root) with an empty tmpfs and binds just those directories back, so an unprivileged program
+    can import the standard library and site-packages but sees nothing else under that ancestor."""
+    by_ancestor: dict[str, list[str]] = {}
+    for d in _interpreter_dirs():
+        ancestor = _blocked_ancestor(d)
+        if ancestor:
+            by_ancestor.setdefault(ancestor, []).append(d)
+    for ancestor, dirs in by_ancestor.items():
+        handles = [(d, os.open(d, os.O_PATH | os.O_DIRECTORY)) for d in dirs]
+        try:
+            if not _mount(b"tmpfs", ancestor.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=1m,mode=0755"):
+                return False
+            for d, fd in handles:
+                os.makedirs(d, mode=0o755, exist_ok=True)
+                if not _mount(f"/proc/self/fd/{fd}".encode(), d.encode(), None, _MS_BIND | _MS_REC, None):
+                    return False
+        finally:
+            for _, fd in handles:
+                os.close(fd)
+    return True
+
+
+def _parse_child_message(res: bytes) -> dict | None:
+    try:
+        message = json.loads(res.decode("utf-8")) if res else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _exit_reason(exit_code: int) -> tuple[str, str | None]:
+    """The sandbox's reason for a child that ended without reporting."""
+    if exit_code >= 0:
+        return f"program exited with code {exit_code} before finishing", None
+    sig = -exit_code
+    if sig == signal.SIGXCPU:
+        return "cpu time limit exceeded", "cpu"
+    if sig == signal.SIGXFSZ:
+        return "file size limit exceeded", "disk"
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = "?"
+    return f"killed by signal {sig} ({name})", None
+
+
+def _kill_quietly(kill) -> None:
+    try:
+        kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _remove_tree(path: str) -> None:
+    """Removes a tree the program may have made unreadable (chmod 000) or full of odd names."""
+    def make_writable(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+        except OSError:
+            pass
+    if os.path.lexists(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, onerror=make_writable)
+        else:
+            os.unlink(path)
+
+
+def _empty_dir(path: str, owner: int | None = None) -> None:
+    """Removes the entries of `path` (only those owned by `owner` if given)."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if owner is not None and entry.stat(follow_symlinks=False).st_uid != owner:
+                continue
+            _remove_tree(entry.path)
+        except OSError:
+            pass
+
+
+def _worker_main() -> None:
+    """Entry point of a worker process: python -I sandbox.py '<json config>'."""
+    logging.basicConfig(level=logging.WARNING)
+    config = json.loads(sys.argv[1])
+    os.environ.update(_child_env(tempfile.gettempdir()))
+    _Worker(config).serve()
+
+
+# ---------------------------------------------------------------- pool side (runs in the caller)
+
+@dataclass
+class _Job:
+    code: str
+    timeout_s: float
+    future: concurrent.futures.Future
+
+
+class BatchHandle:
+    """Programs submitted together; `result()` waits for all of them and returns them in submission order."""
+
+    def __init__(self, futures: list[concurrent.futures.Future]):
+        self.futures = futures
+
+    def done(self) -> bool:
+        """True once every program of the batch has a result."""
+        return all(f.done() for f in self.futures)
+
+    def result(self, timeout: float | None = None) -> list[ExecResult]:
+        """Waits (up to `timeout` seconds in all) and returns one ExecResult per submitted program."""
+        end = None if timeout is None else time.monotonic() + timeout
+        return [f.result(None if end is None else max(0.0, end - time.monotonic())) for f in self.futures]
+
+
+@dataclass
+class _Slot:
+    """One worker process, its uid, and the thread that feeds it jobs."""
+    index: int
+    uid: int | None
+    proc: subprocess.Popen | None = None
+    layers: Layers | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    start_error: BaseException | None = None
+    restarts: int = 0
+
+
+class Sandbox:
+    """A pool of pre-started workers that run untrusted Python programs, each in a fresh isolated child.
+
+    Args:
+      workers: worker processes (default: number of CPU cores).
+      timeout_s: wall-clock limit per program; the whole process group is killed when it passes.
+      memory_mb: address space a program may add on top of the pre-imported interpreter.
+      disk_mb: largest file a program may write (and size of each private tmpfs).
+      max_processes: processes + threads a program may have at once (enforced when it runs as its own uid).
+      max_open_files: file descriptors a program may hold.
+      preload: modules imported once in each worker, so programs import them for free.
+      namespaces: True = require private network+mount namespaces, False = never use them, None = if allowed.
+      drop_privileges: when root, run programs as a dedicated unprivileged uid per worker (None = when root).
+    """
+
+    def __init__(self, workers: int | None = None, timeout_s: float = 5.0, memory_mb: int = 1024, *,
+                 disk_mb: int = 64, max_processes: int = 32, max_open_files: int = 64,
+                 output_head: int = OUTPUT_HEAD, output_tail: int = OUTPUT_TAIL,
+                 preload: Sequence[str] = DEFAULT_PRELOAD, namespaces: bool | None = None,
+                 drop_privileges: bool | None = None):
+        workers = (os.cpu_count() or 1) if workers is None else workers
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"Sandbox: workers must be a positive int, got {workers!r}")
+        self.limits = Limits(timeout_s=float(timeout_s), memory_mb=memory_mb, disk_mb=disk_mb,
+                             max_processes=max_processes, max_open_files=max_open_files,
+                             output_head=output_head, output_tail=output_tail)
+        self._preload = list(preload)
+        self._namespaces = namespaces
+        want_uid = os.geteuid() == 0 if drop_privileges is None else drop_privileges
+        if want_uid and os.geteuid() != 0:
+            raise PermissionError("Sandbox: drop_privileges=True needs root (it switches programs to other uids)")
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._closed = False
+        self._lock_fds: list[int] = []
+        self._slots = [_Slot(i, self._claim_uid() if want_uid else None) for i in range(workers)]
+        self._threads = [threading.Thread(target=self._serve_slot, args=(s,), daemon=True,
+                                          name=f"sandbox-slot-{s.index}") for s in self._slots]
+        for t in self._threads:
+            t.start()
+        self._wait_ready()
+
+    # -- public API
+
+    @property
+    def layers(self) -> Layers:
+        """Isolation layers active in the workers (the same for all of them)."""
+        return self._slots[0].layers
+
+    def submit(self, code: str, timeout_s: float | None = None) -> concurrent.futures.Future:
+        """Queues one program; the future resolves to its ExecResult."""
+        if not isinstance(code, str):
+            raise TypeError(f"Sandbox.submit: code must be str, got {type(code).__name__}")
+        if self._closed:
+            raise RuntimeError("Sandbox.submit: the sandbox is closed")
+        timeout = self.limits.timeout_s if timeout_s is None else float(timeout_s)
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"Sandbox.submit: timeout_s must be a positive number, got {timeout_s!r}")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put(_Job(code, timeout, future))
+        return future
+
+    def submit_many(self, codes: Sequence[str], timeout_s: float | None = None) -> BatchHandle:
+        """Queues all programs at once and returns immediately; `handle.result()` gives results in order."""
+        for i, code in enumerate(codes):
+            if not isinstance(code, str):
+                raise TypeError(f"Sandbox.submit_many: codes[{i}] must be str, got {type(code).__name__}")
+        return BatchHandle([self.submit(code, timeout_s) for code in codes])
+
+    def run(self, code: str, timeout_s: float | None = None) -> ExecResult:
+        """Runs one program and waits for its result."""
+        return self.submit(code, timeout_s).result()
+
+    def run_many(self, codes: Sequence[str], timeout_s: float | None = None) -> list[ExecResult]:
+        """Runs programs concurrently on all workers; results come back in the order of `codes`."""
+        return self.submit_many(codes, timeout_s).result()
+
+    def close(self) -> None:
+        """Stops the workers (after the programs already running) and fails programs still queued."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._slots:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join()
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and not job.future.done():
+                job.future.set_exception(RuntimeError("Sandbox closed before the program ran"))
+        for fd in self._lock_fds:
+            os.close(fd)
+        self._lock_fds.clear()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for monitoring and tests)."""
+        return [s.proc.pid for s in self._slots if s.proc is not None and s.proc.poll() is None]
+
+    # -- startup
+
+    def _claim_uid(self) -> int:
+        """Takes a uid nobody else on this machine uses, held by an flock for the pool's lifetime."""
+        os.makedirs(UID_LOCK_DIR, mode=0o700, exist_ok=True)
+        for uid in range(UID_BASE, UID_BASE + UID_SPAN):
+            fd = os.open(os.path.join(UID_LOCK_DIR, str(uid)), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._lock_fds.append(fd)
+            return uid
+        raise RuntimeError(f"Sandbox: all {UID_SPAN} sandbox uids from {UID_BASE} are in use")
+
+    def _wait_ready(self) -> None:
+        for slot in self._slots:
+            slot.ready.wait()
+        failed = [s for s in self._slots if s.start_error is not None]
+        if failed:
+            error = failed[0].start_error
+            self.close()
+            raise RuntimeError(f"Sandbox: worker {failed[0].index} failed to start: {error}") from error
+        log.info("sandbox: %d workers ready; network=%s filesystem=%s user=%s no_new_privs=%s subreaper=%s",
+                 len(self._slots), self.layers.network, self.layers.filesystem,
+                 "per-worker uids" if self._slots[0].uid is not None and self.layers.user != "unchanged"
+                 else self.layers.user, self.layers.no_new_privs, self.layers.subreaper)
+        if self.layers.network == "deny" or self.layers.filesystem == "deny":
+            log.warning("sandbox: OS isolation unavailable here; using the audit-hook deny layer for %s",
+                        ", ".join(k for k in ("network", "filesystem") if getattr(self.layers, k) == "deny"))
+
+    def _start_worker(self, slot: _Slot) -> None:
+        config = {"limits": asdict(self.limits), "uid": slot.uid, "preload": self._preload,
+                  "namespaces": self._namespaces}
+        slot.proc = subprocess.Popen(
+            [sys.executable, "-I", os.path.abspath(__file__), json.dumps(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, start_new_session=True,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"})
+        try:
+            hello = _recv(slot.proc.stdout.fileno(), time.monotonic() + WORKER_START_TIMEOUT_S)
+        except TimeoutError:
+            hello = None
+        if hello is None or "ready" not in hello:
+            code = self._stop_worker(slot)
+            raise RuntimeError(f"worker exited during startup (exit code {code})")
+        slot.layers = Layers(**hello["ready"])
+
+    def _stop_worker(self, slot: _Slot) -> int | None:
+        """Kills the worker's whole session and reaps it; returns its exit code."""
+        proc, slot.proc = slot.proc, None
+        if proc is None:
+            return None
+        _kill_quietly(lambda: os.killpg(proc.pid, signal.SIGKILL))
+        code = proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            stream.close()
+        return code
+
+    # -- dispatch
+
+    def _serve_slot(self, slot: _Slot) -> None:
+        """Thread body: starts the slot's worker (so its death signal is tied to this long-lived thread),
+        then feeds it jobs until close()."""
+        try:
+            self._start_worker(slot)
+        except BaseException as e:  # noqa: BLE001 - reported by the constructor
+            slot.start_error = e
+            slot.ready.set()
+            return
+        slot.ready.set()
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_result(self._execute(slot, job))
+        self._shutdown_worker(slot)
+
+    def _execute(self, slot: _Slot, job: _Job) -> ExecResult:
+        """Sends one job to the slot's worker; a worker that dies or hangs is replaced and the job gets an error."""
+        if slot.proc is None:
+            try:
+                self._start_worker(slot)
+            except BaseException as e:  # noqa: BLE001
+                return ExecResult(stdout="", error=f"sandbox worker could not be restarted: {e}", limit="worker")
+        start = time.monotonic()
+        try:
+            _send(slot.proc.stdin.fileno(), {"code": job.code, "timeout_s": job.timeout_s})
+            reply = _recv(slot.proc.stdout.fileno(), start + job.timeout_s + BACKSTOP_GRACE_S)
+        except TimeoutError:
+            reply, reason, timed_out = None, f"timeout after {job.timeout_s:g}s (worker unresponsive, replaced)", True
+        except (BrokenPipeError, OSError) as e:
+            reply, reason, timed_out = None, f"sandbox worker died ({e.__class__.__name__})", False
+        else:
+            reason, timed_out = "sandbox worker died while running the program", False
+        if reply is not None:
+            return ExecResult(**reply)
+        code = self._stop_worker(slot)
+        slot.restarts += 1
+        log.warning("sandbox: worker %d replaced (%s; exit code %s)", slot.index, reason, code)
+        return ExecResult(stdout="", error=f"{reason}; exit code {code}" if not timed_out else reason,
+                          timed_out=timed_out, duration_s=time.monotonic() - start, limit="worker")
+
+    def _shutdown_worker(self, slot: _Slot) -> None:
+        """Closes the worker's request pipe (it exits on EOF and removes its files), then reaps it."""
+        if slot.proc is None:
+            return
+        slot.proc.stdin.close()
+        try:
+            slot.proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self._stop_worker(slot)
+
+
+if __name__ == "__main__":
+    _worker_main()
