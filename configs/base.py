@@ -101,6 +101,55 @@ def sandbox_config() -> config_dict.ConfigDict:
     return config_dict.ConfigDict({"workers": 0, "timeout_s": 5.0, "memory_mb": 1024})
 
 
+def eval_config() -> config_dict.ConfigDict:
+    """Held-out evaluation (rstar_jax.evaluate): greedy, majority vote / best-of-N over `samples`, MCTS + PPM."""
+    return config_dict.ConfigDict(
+        {
+            "samples": 8,  # N for majority vote and best-of-N (1 = greedy only)
+            "temperature": 0.7,
+            "top_p": 0.95,
+            "max_tokens": 1024,  # decode budget for a whole solution up to <end_of_code>
+            "mcts_ppm": True,  # MCTS + PPM with top-K vote (last round only in evolve; needs a PPM)
+            # Inference search (paper: n = 32 children, several runs, top-K vote); PPM-augmented.
+            "mcts_overrides": {"num_children": 32, "rollouts": 12, "runs": 4, "vote_top_k": 4},
+        }
+    )
+
+
+def round_config(rollouts: int, *, use_ppm: bool, errors_threshold: int, extra_rollouts=()) -> config_dict.ConfigDict:
+    """One round's search settings (DESIGN.md "Rounds"); they override `config.mcts` for that round."""
+    return config_dict.ConfigDict(
+        {
+            "rollouts": rollouts,
+            "use_ppm": use_ppm,  # PPM-augmented: the previous round's PPM scores every new node
+            "q_init": "ppm" if use_ppm else "terminal",
+            "errors_threshold": errors_threshold,
+            "extra_rollouts": list(extra_rollouts),  # round 4: unsolved problems get these budgets in turn
+        }
+    )
+
+
+def evolve_config(config: config_dict.ConfigDict) -> None:
+    """The round loop's fields (rstar_jax.evolve): which rounds, where problems and checkpoints live."""
+    config.first_round = 1
+    config.last_round = 4
+    config.round1 = round_config(8, use_ppm=False, errors_threshold=2)  # bootstrap, terminal-guided
+    config.round2 = round_config(16, use_ppm=False, errors_threshold=1)  # SLM-r1, terminal-guided
+    config.round3 = round_config(16, use_ppm=True, errors_threshold=1)  # PPM-augmented
+    config.round4 = round_config(16, use_ppm=True, errors_threshold=1, extra_rollouts=(64, 128))
+    config.problems = ""  # jsonl searched every round (MATH/GSM8K shapes)
+    config.eval_problems = ""  # held-out jsonl for evaluation
+    config.base_checkpoint = ""  # HF dir every round's SFT starts from (Qwen2.5-Math base)
+    config.policy_checkpoint = ""  # policy searching the first round run here, when not in this workdir
+    config.ppm_checkpoint = ""  # PPM of the round before the first one run here, when not in this workdir
+    config.max_pool_problems = 0  # 0 = all
+    config.max_heldout_problems = 0
+    config.teacher_mix = 0.0  # toy world: share of teacher solutions mixed into each round's SFT data
+    config.world = config_dict.ConfigDict({"kind": "none"})  # "toyworld" for the embedded demo
+    config.control = config_dict.ConfigDict({"enabled": False})
+    config.eval = eval_config()
+
+
 def get_config() -> config_dict.ConfigDict:
     """The full default tree. `stage` picks what launch runs."""
     config = config_dict.ConfigDict()
@@ -114,4 +163,5 @@ def get_config() -> config_dict.ConfigDict:
     config.ppm_train = ppm_train_config()
     config.mcts = mcts_config()
     config.sandbox = sandbox_config()
+    evolve_config(config)
     return config

@@ -1,0 +1,190 @@
+"""Evaluation of a policy (and PPM) on problems with ground truth: greedy pass@1, majority vote,
+best-of-N by PPM score, MCTS + PPM with a top-K vote, and the equal decoded-token budget comparison.
+
+A whole solution is sampled the way the search writes its final step: decode to `<end_of_code>`
+(intermediate `<end_of_step>` markers are part of the text), run the program in the sandbox, append
+its output, and decode the answer up to `<end_of_answer>`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from rstar_jax.generate import Generator
+from rstar_jax.grading import extract_answer, is_equiv
+from rstar_jax.mcts.policy import derive_seed
+from rstar_jax.mcts.run import vote
+from rstar_jax.steps import END_OF_ANSWER, END_OF_CODE, build_prompt, format_output, program, stop_kind
+
+
+@dataclasses.dataclass
+class Solution:
+    """One sampled full solution, its extracted answer, correctness and decoded-token count."""
+
+    text: str
+    answer: str | None
+    correct: bool
+    tokens: int
+
+
+def sample_solutions(generator: Generator, tokenizer, problems: Sequence[Any], n: int, *, sandbox,
+                     temperature: float, top_p: float = 1.0, max_tokens: int = 512, answer_tokens: int = 64,
+                     seed: int = 0) -> list[list[Solution]]:
+    """`n` full solutions per problem (greedy when temperature is 0), executed and graded."""
+    if not problems:
+        return []
+    code_stops = [tokenizer.token_id(END_OF_CODE), tokenizer.token_id(END_OF_ANSWER), tokenizer.eos_id]
+    prompts = tokenizer.encode_batch([build_prompt(p.question) for p in problems])
+    seeds = [derive_seed(seed, "eval", p.id) for p in problems]
+    first = generator.generate(prompts, max_tokens, n=n, temperature=temperature, top_p=top_p,
+                               stop_token_ids=code_stops, decode=tokenizer, seeds=seeds)
+    texts = [c.text for c in first]
+    tokens = [c.new_tokens for c in first]
+    finals = [i for i, t in enumerate(texts) if stop_kind(t) == "code"]
+    results = sandbox.run_many([program([texts[i]]) for i in finals])
+    for i, res in zip(finals, results):
+        texts[i] += format_output(res.stdout + (res.error or ""))
+    if finals:
+        tails = generator.generate(
+            [prompts[i // n] + tokenizer.encode(texts[i]) for i in finals], answer_tokens, temperature=temperature,
+            top_p=top_p, stop_token_ids=[tokenizer.token_id(END_OF_ANSWER), tokenizer.eos_id], decode=tokenizer,
+            seeds=[derive_seed(seeds[i // n], "answer", i % n) for i in finals])
+        for i, c in zip(finals, tails):
+            texts[i] += c.text
+            tokens[i] += c.new_tokens
+    out: list[list[Solution]] = []
+    for k, p in enumerate(problems):
+        row = []
+        for i in range(k * n, (k + 1) * n):
+            answer = extract_answer(texts[i]) if stop_kind(texts[i]) == "answer" else None
+            row.append(Solution(texts[i], answer, answer is not None and is_equiv(answer, p.answer), tokens[i]))
+        out.append(row)
+    return out
+
+
+def accuracy_by_level(problems: Sequence[Any], correct: Sequence[bool]) -> dict[str, float]:
+    """Mean correctness per difficulty level (problems without a level are left out)."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for p, c in zip(problems, correct):
+        if getattr(p, "level", None) is not None:
+            groups[str(p.level)].append(bool(c))
+    return {lvl: float(np.mean(v)) for lvl, v in sorted(groups.items(), key=lambda kv: int(kv[0]))}
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(np.mean(xs)) if xs else 0.0
+
+
+def majority(solutions: Sequence[Solution]) -> str | None:
+    """The most frequent answer among solutions (equivalent answers pooled; ties to the first seen)."""
+    answer, _, _ = vote([(s.answer, 1.0) for s in solutions if s.answer is not None], top_k=len(solutions))
+    return answer
+
+
+def best_by_score(solutions: Sequence[Solution], scores: Sequence[float]) -> Solution | None:
+    """The answered solution with the highest PPM score."""
+    answered = [(sc, i) for i, (s, sc) in enumerate(zip(solutions, scores)) if s.answer is not None]
+    return solutions[max(answered)[1]] if answered else None
+
+
+def evaluate_policy(generator: Generator, tokenizer, problems: Sequence[Any], cfg, *, sandbox,
+                    scorer=None, mcts_policy=None, seed: int = 0) -> dict[str, Any]:
+    """Held-out numbers for one policy: greedy (overall and by level), majority vote over
+    `cfg.samples`, best-of-N by PPM score (with a scorer), MCTS + PPM (with `cfg.mcts_ppm` and a policy)."""
+    greedy = [row[0] for row in sample_solutions(generator, tokenizer, problems, 1, sandbox=sandbox,
+                                                 temperature=0.0, max_tokens=cfg.max_tokens, seed=seed)]
+    out: dict[str, Any] = {
+        "problems": len(problems),
+        "greedy": _mean(s.correct for s in greedy),
+        "by_level": accuracy_by_level(problems, [s.correct for s in greedy]),
+        "majority": None, "best_of_n": None, "mcts_ppm": None,
+    }
+    if cfg.samples > 1:
+        sampled = sample_solutions(generator, tokenizer, problems, cfg.samples, sandbox=sandbox,
+                                   temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+        out["majority"] = _mean(bool(m is not None and is_equiv(m, p.answer))
+                                for p, m in zip(problems, (majority(row) for row in sampled)))
+        out["pass_at_n"] = _mean(any(s.correct for s in row) for row in sampled)
+        if scorer is not None:
+            picks = []
+            for p, row in zip(problems, sampled):
+                scores = scorer.score([build_prompt(p.question) + s.text for s in row])
+                best = best_by_score(row, scores)
+                picks.append(best is not None and best.correct)
+            out["best_of_n"] = _mean(picks)
+    if scorer is not None and mcts_policy is not None and cfg.mcts_ppm:
+        from rstar_jax.mcts.run import solve
+
+        records = solve(problems, mcts_policy, scorer, cfg.mcts, sandbox=sandbox, seed=seed)
+        out["mcts_ppm"] = _mean(bool(r["correct"]) for r in records)
+    logging.info("eval: %s", {k: v for k, v in out.items() if k != "by_level"})
+    return out
+
+
+def load_ppm(path: str, dtype, mesh):
+    """A PPM checkpoint (value head included) in inference dtype."""
+    from rstar_jax import models
+
+    return models.load_hf_ppm(path, dtype=dtype, mesh=mesh)
+
+
+def evaluate_checkpoints(config, policy_path: str, ppm_path: str | None, tokenizer, problems, *, sandbox, mesh,
+                         mcts: bool) -> dict[str, Any]:
+    """`evaluate_policy` for an HF policy checkpoint and optional PPM checkpoint, settings from `config.eval`.
+
+    The MCTS + PPM run uses `config.mcts` with PPM-augmented values and `config.eval.mcts_overrides`.
+    """
+    import jax.numpy as jnp
+
+    from rstar_jax import models
+    from rstar_jax.mcts.lm_policy import LMPolicy
+    from rstar_jax.mcts.scorer import PPMScorer
+
+    dtype = jnp.dtype(config.model.dtype)
+    policy = models.load_hf(policy_path, dtype=dtype, mesh=mesh)
+    scorer = PPMScorer(load_ppm(ppm_path, dtype, mesh), tokenizer) if ppm_path else None
+    cfg = config.eval.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.mcts_ppm = bool(mcts and cfg.mcts_ppm)
+        cfg.mcts = config.mcts.copy_and_resolve_references()
+        cfg.mcts.q_init = "ppm"
+        for key, value in config.eval.mcts_overrides.items():
+            cfg.mcts[key] = value
+    mcts_policy = LMPolicy(policy, tokenizer, cfg.mcts, mesh=mesh) if scorer is not None else None
+    return evaluate_policy(Generator(policy, mesh=mesh), tokenizer, problems, cfg, sandbox=sandbox, scorer=scorer,
+                           mcts_policy=mcts_policy, seed=config.seed)
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    """The `eval` stage: `config.init_checkpoint` (policy) and optional `config.ppm_checkpoint` on
+    `config.eval_problems`; writes `workdir/eval.json`."""
+    import json
+
+    import jax
+    from etils import epath
+
+    from rstar_jax import sharding
+    from rstar_jax.data.problems import load_problems
+    from rstar_jax.io import atomic_write_text
+    from rstar_jax.sandbox import Sandbox
+    from rstar_jax.tokenizer import StepTokenizer
+
+    for field in ("init_checkpoint", "eval_problems"):
+        if not config.get(field):
+            raise ValueError(f"config.{field} is required for --config=eval")
+    problems = load_problems(config.eval_problems)
+    tokenizer = StepTokenizer.from_file(config.tokenizer or config.init_checkpoint)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    sb = config.sandbox
+    with Sandbox(workers=sb.workers or None, timeout_s=sb.timeout_s, memory_mb=sb.memory_mb) as sandbox, \
+            jax.set_mesh(mesh):
+        result = evaluate_checkpoints(config, config.init_checkpoint, config.get("ppm_checkpoint") or None,
+                                      tokenizer, problems, sandbox=sandbox, mesh=mesh, mcts=True)
+    atomic_write_text(epath.Path(workdir) / "eval.json", json.dumps(result, indent=2, sort_keys=True))
+    return result
