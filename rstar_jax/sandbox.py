@@ -51,9 +51,12 @@ log = logging.getLogger(__name__)
 OUTPUT_HEAD = 512
 OUTPUT_TAIL = 512
 # Modules most step programs import; pre-importing them in the worker makes `import sympy` in a program free.
-# sympy is left out: a worker holding it forks ~5x slower (15 ms vs 3 ms here), which every program would pay.
 DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools", "collections", "re",
-                   "random", "statistics", "numpy")
+                   "random", "statistics")
+# Heavy modules a worker imports only once a program names them: a worker holding sympy forks ~5x slower
+# (15 ms vs 3 ms on the 2-core dev box), which programs that never use it should not pay; a program that
+# does use it pays the slower fork instead of a ~1 s import.
+DEFAULT_WARM_ON_DEMAND = ("numpy", "sympy", "scipy", "mpmath")
 # Each worker slot gets its own uid from this range, so programs in different workers cannot signal or
 # read each other and the per-uid process limit bounds one program, not the whole pool.
 UID_BASE = 200_000
@@ -222,13 +225,28 @@ def _writes(mode: object, flags: object) -> bool:
     return isinstance(flags, int) and bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
 
 
+def _other_process_file(path: object) -> bool:
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    parts = os.path.realpath(os.fspath(path)).split(os.sep)
+    return len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and parts[2] != str(os.getpid())
+
+
 def _install_deny_hook(deny_network: bool, deny_files: bool, workdir: str) -> None:
-    """Audit-hook layer for machines without namespaces or uid switching; it cannot be removed once added."""
+    """Audit-hook layer for machines without namespaces or uid switching; it cannot be removed once added.
+
+    deny_network refuses every socket operation. deny_files (used when programs keep the worker's uid, so
+    neither file permissions nor a per-uid process limit protect anything) refuses writes outside `workdir`,
+    new processes, signals to other processes and ctypes. A best-effort layer: the OS layers are the real ones.
+    """
     root = os.path.realpath(workdir)
     path_events = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link",
                    "os.symlink", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
-    spawn_events = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen", "os.startfile",
-                    "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "os.putenv", "os.kill", "os.killpg"}
+    forbidden_events = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+                        "subprocess.Popen", "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "os.kill",
+                        "os.killpg", "resource.setrlimit", "resource.prlimit"}
 
     def inside(path: object) -> bool:
         if isinstance(path, int):
@@ -245,11 +263,13 @@ def _install_deny_hook(deny_network: bool, deny_files: bool, workdir: str) -> No
             raise PermissionError(f"sandbox: network access is disabled ({event})")
         if not deny_files:
             return
+        if event == "open" and _other_process_file(args[0]):
+            raise PermissionError(f"sandbox: reading other processes' /proc files is disabled ({args[0]!r})")
         if event == "open" and len(args) >= 3 and _writes(args[1], args[2]) and not inside(args[0]):
             raise PermissionError(f"sandbox: writing outside the working directory is disabled ({args[0]!r})")
-        if event in path_events and not all(inside(a) for a in args[:2] if isinstance(a, (str, bytes))):
+        if event in path_events and not all(inside(a) for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))):
             raise PermissionError(f"sandbox: changing files outside the working directory is disabled ({event})")
-        if event in spawn_events:
+        if event in forbidden_events:
             raise PermissionError(f"sandbox: {event} is disabled")
 
     sys.addaudithook(hook)
@@ -286,7 +306,12 @@ class _Worker:
         self.pagesize = os.sysconf("SC_PAGE_SIZE")
         self.tmpfs_dirs: list[str] = []
         self.base_dir = ""
+        self.warm_pending = list(config["warm_on_demand"])
         self.layers = self._set_up(config)
+        self.workdir = os.path.join(self.tmpfs_dirs[0] if self.tmpfs_dirs else self.base_dir, "run")
+        os.environ.clear()                       # children inherit this; setting it per child costs a lot more
+        os.environ.update(_child_env(self.workdir))
+        self.vm_base = self._vm_size()
 
     # -- startup
 
@@ -359,10 +384,23 @@ class _Worker:
             except ImportError:
                 pass
 
+    def _warm_for(self, code: str) -> None:
+        """Imports (once) each on-demand module the program mentions, so its fork inherits it."""
+        wanted = [name for name in self.warm_pending if name in code]
+        if wanted:
+            self._preload(wanted)
+            self.warm_pending = [name for name in self.warm_pending if name not in wanted]
+            self.vm_base = self._vm_size()
+
+    def _vm_size(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * self.pagesize
+
     # -- one program
 
     def run(self, code: str, timeout_s: float) -> dict:
-        workdir = os.path.join(self.tmpfs_dirs[0] if self.tmpfs_dirs else self.base_dir, "run")
+        self._warm_for(code)
+        workdir = self.workdir
         os.mkdir(workdir, 0o700)
         if self.uid is not None:
             os.chown(workdir, self.uid, self.uid)
@@ -373,6 +411,7 @@ class _Worker:
         pid = os.fork()
         if pid == 0:
             self._child(code, workdir, out_w, err_w, res_w, timeout_s)
+        _send(1, {"started": pid})
         for fd in (out_w, err_w, res_w):
             os.close(fd)
         try:
@@ -402,8 +441,6 @@ class _Worker:
                 os.setresgid(self.uid, self.uid, self.uid)
                 os.setresuid(self.uid, self.uid, self.uid)
             _prctl(_PR_SET_NO_NEW_PRIVS, 1)
-            os.environ.clear()
-            os.environ.update(_child_env(workdir))
             sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
             sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
             sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace",
@@ -431,11 +468,10 @@ class _Worker:
 
     def _set_limits(self, timeout_s: float) -> None:
         lim = self.limits
-        with open("/proc/self/statm") as f:
-            vm_now = int(f.read().split()[0]) * self.pagesize
+        address_space = self.vm_base + lim.memory_mb * MiB
         cpu = int(math.ceil(timeout_s)) + 1
         settings = [
-            (resource.RLIMIT_AS, vm_now + lim.memory_mb * MiB, vm_now + lim.memory_mb * MiB),
+            (resource.RLIMIT_AS, address_space, address_space),
             (resource.RLIMIT_CPU, cpu, cpu + 1),
             (resource.RLIMIT_FSIZE, lim.disk_mb * MiB, lim.disk_mb * MiB),
             (resource.RLIMIT_NOFILE, lim.max_open_files, lim.max_open_files),
@@ -763,6 +799,7 @@ class Sandbox:
       max_processes: processes + threads a program may have at once (enforced when it runs as its own uid).
       max_open_files: file descriptors a program may hold.
       preload: modules imported once in each worker, so programs import them for free.
+      warm_on_demand: modules a worker imports the first time a program's text names them.
       namespaces: True = require private network+mount namespaces, False = never use them, None = if allowed.
       drop_privileges: when root, run programs as a dedicated unprivileged uid per worker (None = when root).
     """
@@ -770,7 +807,8 @@ class Sandbox:
     def __init__(self, workers: int | None = None, timeout_s: float = 5.0, memory_mb: int = 1024, *,
                  disk_mb: int = 64, max_processes: int = 32, max_open_files: int = 64,
                  output_head: int = OUTPUT_HEAD, output_tail: int = OUTPUT_TAIL,
-                 preload: Sequence[str] = DEFAULT_PRELOAD, namespaces: bool | None = None,
+                 preload: Sequence[str] = DEFAULT_PRELOAD, warm_on_demand: Sequence[str] = DEFAULT_WARM_ON_DEMAND,
+                 namespaces: bool | None = None,
                  drop_privileges: bool | None = None):
         workers = (os.cpu_count() or 1) if workers is None else workers
         if not isinstance(workers, int) or workers < 1:
@@ -779,6 +817,7 @@ class Sandbox:
                              max_processes=max_processes, max_open_files=max_open_files,
                              output_head=output_head, output_tail=output_tail)
         self._preload = list(preload)
+        self._warm_on_demand = list(warm_on_demand)
         self._namespaces = namespaces
         want_uid = os.geteuid() == 0 if drop_privileges is None else drop_privileges
         if want_uid and os.geteuid() != 0:
@@ -833,17 +872,17 @@ class Sandbox:
         if self._closed:
             return
         self._closed = True
-        for _ in self._slots:
-            self._jobs.put(None)
-        for t in self._threads:
-            t.join()
         while True:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 break
-            if job is not None and not job.future.done():
+            if job is not None and job.future.set_running_or_notify_cancel():
                 job.future.set_exception(RuntimeError("Sandbox closed before the program ran"))
+        for _ in self._slots:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join()
         for fd in self._lock_fds:
             os.close(fd)
         self._lock_fds.clear()
@@ -891,7 +930,10 @@ class Sandbox:
                         ", ".join(k for k in ("network", "filesystem") if getattr(self.layers, k) == "deny"))
 
     def _start_worker(self, slot: _Slot) -> None:
+        """Spawns a clean interpreter running this file as a worker (never a fork of the caller, which may
+        hold jax threads) and waits for its ready message listing the layers it got."""
         config = {"limits": asdict(self.limits), "uid": slot.uid, "preload": self._preload,
+                  "warm_on_demand": self._warm_on_demand,
                   "namespaces": self._namespaces}
         slot.proc = subprocess.Popen(
             [sys.executable, "-I", os.path.abspath(__file__), json.dumps(config)],
@@ -938,29 +980,53 @@ class Sandbox:
         self._shutdown_worker(slot)
 
     def _execute(self, slot: _Slot, job: _Job) -> ExecResult:
-        """Sends one job to the slot's worker; a worker that dies or hangs is replaced and the job gets an error."""
-        if slot.proc is None:
+        """Runs one job on the slot's worker. A worker that dies before it starts the program (e.g. killed
+        while idle) is replaced and the job resent once; one that dies or hangs during it costs that job."""
+        for attempt in range(2):
+            if slot.proc is None or slot.proc.poll() is not None:
+                self._replace_worker(slot, "found dead before the program started")
+                if slot.proc is None:
+                    return ExecResult(stdout="", error="sandbox worker could not be restarted", limit="worker")
+            start = time.monotonic()
             try:
-                self._start_worker(slot)
-            except BaseException as e:  # noqa: BLE001
-                return ExecResult(stdout="", error=f"sandbox worker could not be restarted: {e}", limit="worker")
-        start = time.monotonic()
+                _send(slot.proc.stdin.fileno(), {"code": job.code, "timeout_s": job.timeout_s})
+                started = _recv(slot.proc.stdout.fileno(), start + BACKSTOP_GRACE_S)
+            except (TimeoutError, OSError):
+                started = None
+            if started is not None:
+                return self._await_result(slot, job, started["started"], start)
+            self._replace_worker(slot, "died before starting the program")
+        return ExecResult(stdout="", error="sandbox worker died twice before starting the program", limit="worker")
+
+    def _await_result(self, slot: _Slot, job: _Job, pid: int, start: float) -> ExecResult:
+        """Waits for the result of a started program; if the worker dies or stops answering, kills the
+        program's process group from here and replaces the worker."""
         try:
-            _send(slot.proc.stdin.fileno(), {"code": job.code, "timeout_s": job.timeout_s})
             reply = _recv(slot.proc.stdout.fileno(), start + job.timeout_s + BACKSTOP_GRACE_S)
         except TimeoutError:
-            reply, reason, timed_out = None, f"timeout after {job.timeout_s:g}s (worker unresponsive, replaced)", True
-        except (BrokenPipeError, OSError) as e:
+            reply, reason, timed_out = None, f"timeout after {job.timeout_s:g}s (worker unresponsive)", True
+        except OSError as e:
             reply, reason, timed_out = None, f"sandbox worker died ({e.__class__.__name__})", False
         else:
             reason, timed_out = "sandbox worker died while running the program", False
         if reply is not None:
             return ExecResult(**reply)
-        code = self._stop_worker(slot)
-        slot.restarts += 1
-        log.warning("sandbox: worker %d replaced (%s; exit code %s)", slot.index, reason, code)
-        return ExecResult(stdout="", error=f"{reason}; exit code {code}" if not timed_out else reason,
+        _kill_quietly(lambda: os.killpg(pid, signal.SIGKILL))
+        code = self._replace_worker(slot, reason)
+        return ExecResult(stdout="", error=reason if timed_out else f"{reason}; exit code {code}",
                           timed_out=timed_out, duration_s=time.monotonic() - start, limit="worker")
+
+    def _replace_worker(self, slot: _Slot, reason: str) -> int | None:
+        """Kills the slot's worker (if any) and starts a new one; returns the old one's exit code."""
+        code = self._stop_worker(slot)
+        if code is not None:
+            slot.restarts += 1
+            log.warning("sandbox: worker %d replaced (%s; exit code %s)", slot.index, reason, code)
+        try:
+            self._start_worker(slot)
+        except (OSError, RuntimeError) as e:
+            log.error("sandbox: worker %d could not be restarted: %s", slot.index, e)
+        return code
 
     def _shutdown_worker(self, slot: _Slot) -> None:
         """Closes the worker's request pipe (it exits on EOF and removes its files), then reaps it."""
