@@ -18,6 +18,30 @@ Process layout: Sandbox (caller, may have imported jax) --spawn--> worker (clean
 ``python -I sandbox.py``; pre-imports common modules, enters private network/mount namespaces, acts as
 child subreaper) --fork per program--> child (sets limits, drops to the worker's uid, runs the code).
 This file is both the library and the worker's entry point, so it imports only the standard library.
+
+Layers, chosen per worker at startup and logged once per pool (`Sandbox.layers`):
+  network     "namespace": the worker enters an empty network namespace (no interface is up, not even
+              loopback). Otherwise "deny": an audit hook in each child refuses every socket operation.
+  filesystem  "private tmpfs": a private mount namespace puts fresh tmpfs mounts over /tmp, /var/tmp,
+              /dev/shm and /run/lock (wiped after every program) and hides closed directories such as a
+              0700 /root except for the interpreter's own directories. "uid + sweep": no mount namespace,
+              so files the program's uid left in those shared directories are removed afterwards. "deny":
+              programs keep the worker's uid, so the audit hook refuses writes outside the working
+              directory, new processes, signals, rlimit changes, ctypes and other processes' /proc files.
+  user        when root: each worker slot owns a uid from UID_BASE up (claimed with an flock so pools on
+              one machine never share one); programs run as it, with no_new_privs, so they cannot raise
+              their limits, write root's files or signal the worker, and RLIMIT_NPROC bounds one program.
+Limits per program: wall clock (the worker SIGKILLs the program's process group, the pool kills a worker
+that stops answering), RLIMIT_AS (memory_mb on top of the worker's image), RLIMIT_CPU, RLIMIT_FSIZE,
+RLIMIT_NOFILE, RLIMIT_NPROC, no core files. After each program the worker, a child subreaper, SIGKILLs
+whatever the program left running (every process of its uid, or every descendant) and reaps it.
+
+Result semantics: `stdout`/`stderr` keep the first 512 + last 512 characters (`cap_output`); `error` is
+the traceback's last line ("NameError: name 'x' is not defined"), None for success or sys.exit(0), or the
+sandbox's reason ("timeout after 5s", "memory limit exceeded (MemoryError)", "killed by signal 11
+(SIGSEGV)", "program exited with code 3 before finishing" for os._exit, whose unflushed output is lost as
+in any Python). Each program starts from the same warmed state; `random` is reseeded in every child by
+Python's fork hook, numpy's global generator is not.
 """
 from __future__ import annotations
 
@@ -145,10 +169,12 @@ def _send(fd: int, obj: dict) -> None:
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
     """Reads exactly n bytes; None on EOF; TimeoutError past `deadline` (monotonic)."""
     chunks, got = [], 0
+    poller = select.poll()                 # not select(): the caller may hold descriptors above 1024
+    poller.register(fd, select.POLLIN)
     while got < n:
         if deadline is not None:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not poller.poll(left * 1000):
                 raise TimeoutError
         chunk = os.read(fd, n - got)
         if not chunk:

@@ -354,3 +354,21 @@ def _processes_of_uids_left(sb: Sandbox) -> list[int]:
             except FileNotFoundError:
                 pass
     return left
+
+
+def test_odd_bytes_in_output_and_code(sb):
+    raw, surrogate, nul = sb.run_many(["import sys\nsys.stdout.buffer.write(b'\\xff ok\\n')",
+                                       "print('\\udcff')", "x = 1\0"])
+    assert raw.stdout == "\ufffd ok\n" and raw.error is None
+    assert surrogate.stdout == "\\udcff\n"
+    assert nul.error is not None and "null bytes" in nul.error
+
+
+def test_heavy_module_warmed_on_demand(sb):
+    pytest.importorskip("sympy")
+    codes = ["from sympy import symbols, solve\nx = symbols('x')\nprint(solve(x**2 - 5*x + 6, x))"] * 4
+    assert [r.stdout for r in sb.run_many(codes)] == ["[2, 3]\n"] * 4
+    # once a worker has seen sympy, its forks inherit it: the module is loaded before the program imports it
+    probe = "import sys\nwas_loaded = 'sympy' in sys.modules\nimport sympy\nprint(was_loaded)"
+    assert [r.stdout for r in sb.run_many([probe] * 4)] == ["True\n"] * 4
+    assert sb.run("import sys\nprint('scipy' in sys.modules)").stdout == "False\n"   # not named: not loaded
