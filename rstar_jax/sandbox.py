@@ -919,6 +919,11 @@ class Sandbox:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def restarts(self) -> int:
+        """How many workers have been replaced after dying or hanging (a health signal for long runs)."""
+        return sum(s.restarts for s in self._slots)
+
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for monitoring and tests)."""
         return [s.proc.pid for s in self._slots if s.proc is not None and s.proc.poll() is None]

@@ -287,6 +287,7 @@ def test_killing_the_parent(sb):
 
 
 def test_worker_dying_mid_program_is_replaced(sb):
+    restarts = sb.restarts
     future = sb.submit("import time\nprint('working', flush=True)\ntime.sleep(30)")
     time.sleep(0.5)                       # let it start on some worker
     victims = sb.worker_pids()
@@ -297,6 +298,7 @@ def test_worker_dying_mid_program_is_replaced(sb):
     follow = sb.run_many([NORMAL] * 4)
     assert [f.stdout for f in follow] == ["120\n"] * 4, follow
     assert len(sb.worker_pids()) == 2 and not set(sb.worker_pids()) & set(victims)
+    assert sb.restarts == restarts + 2
 
 
 def test_concurrent_programs_do_not_see_each_other(sb):
