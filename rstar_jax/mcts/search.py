@@ -379,7 +379,7 @@ class LockstepSearch:
             tree = T.grow(tree, size)
         t10 = time.perf_counter()
         self.stats.time_host += t10 - t9
-        tree = T.expand_and_backup(tree, np.where(leaf >= 0, leaf, -1).astype(np.int32), count, kind, visits,
+        tree = T.expand_and_backup(tree, leaf.astype(np.int32), count, kind, visits,
                                    value, reward, ppm, backup_value, backup_count)
         jax_block(tree)
         self.stats.time_tree += time.perf_counter() - t10
