@@ -293,7 +293,8 @@ class Evolution:
                        for k in ("search", "select", "policy", "ppm", "eval")}
             rounds.append({"round": r, "heldout": {k: ev.get(k) for k in
                                                    ("greedy", "majority", "best_of_n", "mcts_ppm", "by_level")},
-                           "search": {k: search.get(k, 0) for k in ("problems", "solved", "rollouts", "tokens_decoded")},
+                           # counters that survive a resumed search (token counts cover the last call only)
+                           "search": {k: search.get(k, 0) for k in ("problems", "solved", "rollouts")},
                            "ppm": {"pair_acc": ppm.get("eval_accuracy")}, "seconds": seconds})
         report: dict[str, Any] = {"rounds": rounds}
         control = stage_done(self.wd, "control/eval")
