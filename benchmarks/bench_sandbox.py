@@ -109,18 +109,19 @@ def main() -> None:
           f"median of {args.rounds} rounds")
     print(f"{'programs':<22}{'sandbox pool':>14}{'subprocess':>14}{'in-process':>14}{'pool/subproc':>14}")
     ratio = 0.0
-    with Sandbox(workers=args.workers, timeout_s=args.timeout_s) as sb:
-        for name, corpus in suites:
-            def corpus_of(n: int) -> list[str]:
-                return [corpus[i % len(corpus)] for i in range(n)]
-            pool_codes = corpus_of(args.programs)
+    for name, corpus in suites:
+        def corpus_of(n: int) -> list[str]:
+            return [corpus[i % len(corpus)] for i in range(n)]
+        pool_codes = corpus_of(args.programs)
+        # a pool per suite: a worker that has warmed sympy forks slower for every later program
+        with Sandbox(workers=args.workers, timeout_s=args.timeout_s) as sb:
             sb.run_many(pool_codes[:4 * args.workers])                      # warm on-demand modules
             pool = programs_per_s(lambda c: [r.stdout for r in sb.run_many(c)], pool_codes, args.rounds)
-            base_n = max(2, args.subprocess_programs // (20 if "sympy" in name else 1))
-            base = programs_per_s(subprocess_batch(args.workers, args.timeout_s), corpus_of(base_n), args.rounds)
-            local = programs_per_s(in_process_batch(args.timeout_s), pool_codes, args.rounds)
-            ratio = pool / base
-            print(f"{name:<22}{pool:>14.1f}{base:>14.1f}{local:>14.1f}{ratio:>13.1f}x")
+        base_n = max(2, args.subprocess_programs // (20 if "sympy" in name else 1))
+        base = programs_per_s(subprocess_batch(args.workers, args.timeout_s), corpus_of(base_n), args.rounds)
+        local = programs_per_s(in_process_batch(args.timeout_s), pool_codes, args.rounds)
+        ratio = pool / base
+        print(f"{name:<22}{pool:>14.1f}{base:>14.1f}{local:>14.1f}{ratio:>13.1f}x")
     print(f"sandbox ratio: {ratio:.1f}")
 
 
