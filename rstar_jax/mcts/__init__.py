@@ -2,6 +2,8 @@
 
 tree.py     B trees as arrays; select / expand / backup (pure, vmapped, jitted)
 policy.py   the step-policy interface and the scripted policy
+lm_policy.py  the LM policy over rstar_jax.generate
+scorer.py   the PPM as a step scorer
 candidates.py  dedupe and the one-final-step rule
 search.py   the lockstep host driver (continuous batching over a problem stream)
 output.py   the resumable trees shard
