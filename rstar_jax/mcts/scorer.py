@@ -11,15 +11,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from rstar_jax.generate import bucket
 from rstar_jax.models import functional
-
-
-def bucket(n: int, minimum: int) -> int:
-    """The smallest power of two >= max(n, minimum)."""
-    size = minimum
-    while size < n:
-        size *= 2
-    return size
 
 
 class PPMScorer:
