@@ -48,7 +48,7 @@ def sample_solutions(generator: Generator, tokenizer, problems: Sequence[Any], n
     finals = [i for i, t in enumerate(texts) if stop_kind(t) == "code"]
     results = sandbox.run_many([program([texts[i]]) for i in finals])
     for i, res in zip(finals, results):
-        texts[i] += format_output(res.stdout + (res.error or ""))
+        texts[i] += format_output(res.stdout, res.error)
     if finals:
         tails = generator.generate(
             [prompts[i // n] + tokenizer.encode(texts[i]) for i in finals], answer_tokens, temperature=temperature,

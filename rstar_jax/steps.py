@@ -58,9 +58,10 @@ def program(steps: list[str]) -> str:
     return "\n".join(code for code in (step_code(s) for s in steps) if code.strip()) + "\n"
 
 
-def format_output(stdout: str) -> str:
-    """The observation appended after a final code step (stdout already capped by the sandbox)."""
-    return f"\n{OUTPUT_START}{stdout}{END_OF_OUTPUT}\n"
+def format_output(stdout: str, error: str | None = None) -> str:
+    """The observation appended after a final code step: what it printed, then its error if it failed
+    (stdout already capped by the sandbox)."""
+    return f"\n{OUTPUT_START}{stdout}{error or ''}{END_OF_OUTPUT}\n"
 
 
 def response_text(steps: list[str]) -> str:

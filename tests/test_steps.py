@@ -32,3 +32,8 @@ def test_program_joins_ancestor_code_and_drops_output_and_answer():
     with contextlib.redirect_stdout(buf):
         exec(prog, ns)
     assert buf.getvalue() == "8\n"
+
+
+def test_format_output_appends_the_error_after_stdout():
+    assert steps.format_output("3\n") == "\n<output>3\n<end_of_output>\n"
+    assert steps.format_output("3\n", "NameError: x") == "\n<output>3\nNameError: x<end_of_output>\n"

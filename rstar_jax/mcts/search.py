@@ -303,8 +303,7 @@ class LockstepSearch:
             reqs = []
             for ch in to_finish:
                 s = slots[ch.slot]
-                observation = ch.node.output if not ch.node.error else ch.node.output + ch.node.error
-                ch.node.text = ch.text + format_output(observation)
+                ch.node.text = ch.text + format_output(ch.node.output, ch.node.error)
                 reqs.append(FinishRequest(s.problem, paths[ch.slot], ch.node.text,
                                           derive_seed(s.tree_seed, "finish", s.expansions, ch.index)))
             t5 = time.perf_counter()
