@@ -110,6 +110,7 @@ def eval_config() -> config_dict.ConfigDict:
             "top_p": 0.95,
             "max_tokens": 1024,  # decode budget for a whole solution up to <end_of_code>
             "mcts_ppm": True,  # MCTS + PPM with top-K vote (last round only in evolve; needs a PPM)
+            "equal_budget": False,  # last round: terminal-guided / PPM MCTS vs best-of-N at equal decoded tokens
             # Inference search (paper: n = 32 children, several runs, top-K vote); PPM-augmented.
             "mcts_overrides": {"num_children": 32, "rollouts": 12, "runs": 4, "vote_top_k": 4},
         }

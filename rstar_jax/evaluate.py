@@ -135,10 +135,11 @@ def load_ppm(path: str, dtype, mesh):
 
 
 def evaluate_checkpoints(config, policy_path: str, ppm_path: str | None, tokenizer, problems, *, sandbox, mesh,
-                         mcts: bool) -> dict[str, Any]:
+                         mcts: bool, budget_mcts=None) -> dict[str, Any]:
     """`evaluate_policy` for an HF policy checkpoint and optional PPM checkpoint, settings from `config.eval`.
 
     The MCTS + PPM run uses `config.mcts` with PPM-augmented values and `config.eval.mcts_overrides`.
+    With `budget_mcts` (search settings) and a PPM, the equal-budget comparison is added as "equal_budget".
     """
     import jax.numpy as jnp
 
@@ -156,9 +157,16 @@ def evaluate_checkpoints(config, policy_path: str, ppm_path: str | None, tokeniz
         cfg.mcts.q_init = "ppm"
         for key, value in config.eval.mcts_overrides.items():
             cfg.mcts[key] = value
+    generator = Generator(policy, mesh=mesh)
     mcts_policy = LMPolicy(policy, tokenizer, cfg.mcts, mesh=mesh) if scorer is not None else None
-    return evaluate_policy(Generator(policy, mesh=mesh), tokenizer, problems, cfg, sandbox=sandbox, scorer=scorer,
-                           mcts_policy=mcts_policy, seed=config.seed)
+    result = evaluate_policy(generator, tokenizer, problems, cfg, sandbox=sandbox, scorer=scorer,
+                             mcts_policy=mcts_policy, seed=config.seed)
+    if budget_mcts is not None and scorer is not None:
+        with cfg.unlocked():
+            cfg.mcts = budget_mcts
+        result["equal_budget"] = equal_budget(generator, tokenizer, LMPolicy(policy, tokenizer, budget_mcts, mesh=mesh),
+                                              scorer, problems, cfg, sandbox=sandbox, seed=config.seed)
+    return result
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -188,3 +196,65 @@ def run(config, workdir: str) -> dict[str, Any]:
                                       tokenizer, problems, sandbox=sandbox, mesh=mesh, mcts=True)
     atomic_write_text(epath.Path(workdir) / "eval.json", json.dumps(result, indent=2, sort_keys=True))
     return result
+
+
+def equal_budget(generator: Generator, tokenizer, mcts_policy, scorer, problems: Sequence[Any], cfg, *, sandbox,
+                 seed: int = 0) -> dict[str, Any]:
+    """The seed's claim at equal decoded tokens: solve rate (a correct answer found, ground truth used
+    as in training-data search) of terminal-guided MCTS, PPM-augmented MCTS and best-of-N sampling.
+
+    Both searches run with `cfg.mcts` (rollouts as configured); N is then chosen so best-of-N decodes
+    about as many tokens per problem as the larger of the two searches. The explanation is built
+    from the measured counters, not written in advance.
+    """
+    from rstar_jax.mcts.search import LockstepSearch
+
+    results: dict[str, Any] = {"problems": len(problems)}
+    counters: dict[str, Any] = {}
+    for name, q_init in (("mcts", "terminal"), ("mcts_ppm", "ppm")):
+        mcfg = cfg.mcts.copy_and_resolve_references()
+        with mcfg.unlocked():
+            mcfg.q_init = q_init
+        trees = []
+        before = mcts_policy.counters.decoded_tokens
+        stats = LockstepSearch(mcts_policy, mcfg, sandbox=sandbox, ppm=scorer if q_init == "ppm" else None,
+                               seed=seed).run(problems, trees.append, total=len(problems))
+        tokens = mcts_policy.counters.decoded_tokens - before
+        results[name] = stats.solved / max(len(problems), 1)
+        counters[name] = {"tokens": tokens, "candidates": stats.candidates, "duplicates": stats.duplicates,
+                          "nodes": sum(len(t.nodes) for t in trees),
+                          "errors": sum(n.dead_reason == "error" for t in trees for n in t.nodes),
+                          "first_success_rollout": _mean(_first_success(t) for t in trees if _first_success(t))}
+    budget = max(counters["mcts"]["tokens"], counters["mcts_ppm"]["tokens"]) / max(len(problems), 1)
+    pilot = sample_solutions(generator, tokenizer, problems, 2, sandbox=sandbox, temperature=cfg.temperature,
+                             top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed + 1)
+    per_sample = _mean(s.tokens for row in pilot for s in row) or 1.0
+    n = max(1, int(round(budget / per_sample)))
+    sampled = sample_solutions(generator, tokenizer, problems, n, sandbox=sandbox, temperature=cfg.temperature,
+                               top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+    results["best_of_n"] = _mean(any(s.correct for s in row) for row in sampled)
+    counters["best_of_n"] = {"tokens": sum(s.tokens for row in sampled for s in row), "n": n}
+    results["n"] = n
+    results["tokens"] = {k: v["tokens"] for k, v in counters.items()}
+    results["counters"] = counters
+    results["explanation"] = _explain(results, counters)
+    return results
+
+
+def _first_success(tree) -> int | None:
+    """1-based index, in creation order, of the first node with a correct answer (a proxy for when
+    the search first saw a +1); None when it never did."""
+    return next((n.id for n in tree.nodes if n.correct), None)
+
+
+def _explain(results: dict[str, Any], counters: dict[str, Any]) -> str:
+    """A sentence from the measured counters: who won, and the costs the search paid."""
+    t = counters["mcts"]
+    dup = t["duplicates"] / max(t["candidates"], 1)
+    order = sorted(("mcts", "mcts_ppm", "best_of_n"), key=lambda k: -results[k])
+    return (f"best: {order[0]} ({results[order[0]]:.2f}); terminal-guided MCTS {results['mcts']:.2f}, "
+            f"PPM-augmented {results['mcts_ppm']:.2f}, best-of-{results['n']} {results['best_of_n']:.2f} at "
+            f"~{results['tokens']['best_of_n'] / max(results['problems'], 1):.0f} tokens/problem. "
+            f"Search costs measured: {dup:.0%} of sampled candidates were duplicates; "
+            f"{t['errors']} of {t['nodes']} nodes died on a code error (steps that can fail are what per-step "
+            f"execution prunes); every expansion decodes n candidates but a rollout follows one.")

@@ -231,10 +231,13 @@ class Evolution:
         return {"sft_examples": n_sft, "teacher_examples": n_teacher, "ppm_pairs": n_ppm}
 
     def evaluate(self, policy_path: str, ppm_path: str | None, *, mcts: bool) -> dict[str, Any]:
+        """Held-out evaluation; the last round (`mcts`) adds MCTS + PPM and, when configured, the
+        equal-budget comparison run with that round's search settings."""
         from rstar_jax.evaluate import evaluate_checkpoints
 
+        budget = round_settings(self.config, self.config.last_round) if mcts and self.config.eval.equal_budget else None
         return evaluate_checkpoints(self.config, policy_path, ppm_path, self.tokenizer(), self.problems("heldout"),
-                                    sandbox=self.sandbox, mesh=self.mesh, mcts=mcts)
+                                    sandbox=self.sandbox, mesh=self.mesh, mcts=mcts, budget_mcts=budget)
 
     # ---- the loop
     def run(self) -> dict[str, Any]:
@@ -297,6 +300,9 @@ class Evolution:
                            "search": {k: search.get(k, 0) for k in ("problems", "solved", "rollouts")},
                            "ppm": {"pair_acc": ppm.get("eval_accuracy")}, "seconds": seconds})
         report: dict[str, Any] = {"rounds": rounds}
+        final = stage_done(self.wd, f"round_{self.config.last_round}/eval") or {}
+        if final.get("equal_budget"):
+            report["equal_budget"] = final["equal_budget"]
         control = stage_done(self.wd, "control/eval")
         if control:
             report["control"] = {"heldout": {k: control.get(k) for k in ("greedy", "by_level")}}

@@ -58,7 +58,7 @@ def format_table(report: dict[str, Any]) -> str:
     eq = report.get("equal_budget")
     if eq:
         lines.append("")
-        parts = [f"{k}={_fmt(v)}" for k, v in eq.items() if k != "explanation"]
+        parts = [f"{k}={_fmt(v)}" for k, v in eq.items() if k != "explanation" and not isinstance(v, dict)]
         lines.append("equal decoded-token budget: " + ", ".join(parts))
         if eq.get("explanation"):
             lines.append("  " + eq["explanation"])

@@ -1,0 +1,84 @@
+"""End to end: the demo_smoke loop through the real launcher, uninterrupted and killed (-9) at several points."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+def _env(cache_dir):
+    # One persistent compilation cache for all runs of this module: reruns skip XLA compiles.
+    return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir), XLA_FLAGS="")
+
+
+def _cmd(workdir):
+    return [sys.executable, "-m", "rstar_jax.launch", "--config=demo_smoke", f"--workdir={workdir}"]
+
+
+def _strip_times(report):
+    for r in report["rounds"]:
+        r.pop("seconds", None)
+    return report
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache_dir):
+    wd = tmp_path_factory.mktemp("uninterrupted")
+    r = subprocess.run(_cmd(wd), cwd=ROOT, env=_env(cache_dir), capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return wd, r
+
+
+def test_demo_smoke_runs_the_whole_loop(reference, cache_dir):
+    wd, r = reference
+    report = json.loads((wd / "report.json").read_text())
+    assert [x["round"] for x in report["rounds"]] == [0, 1, 2, 3, 4]
+    assert (wd / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "greedy" in report["control"]["heldout"]
+    for r_ in report["rounds"]:
+        assert 0.0 <= r_["heldout"]["greedy"] <= 1.0
+        assert set(r_["heldout"]["by_level"]) <= {"1", "2", "3", "4", "5", "6"}
+    final = report["rounds"][-1]
+    assert final["heldout"]["mcts_ppm"] is not None and final["search"]["problems"] == 6
+    for stage in ("world", "round_0/policy", "round_4/search", "round_4/ppm", "control/eval"):
+        assert (wd / stage / "DONE.json").exists(), stage
+    assert (wd / "round_4/policy/export/config.json").exists()
+    assert "round" in r.stdout and "control" in r.stdout  # the printed table
+    # A finished run, started again, redoes nothing.
+    again = subprocess.run(_cmd(wd), cwd=ROOT, env=_env(cache_dir), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0
+    assert "starting" not in again.stderr and "already done" in again.stderr
+
+
+@pytest.mark.parametrize("kill_at", ["round_0/policy", "round_1/search", "round_2/eval", "round_3/ppm"])
+def test_killed_run_resumes_to_the_same_report(reference, tmp_path, cache_dir, kill_at):
+    ref_wd, _ = reference
+    wd = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(wd), cwd=ROOT, env=_env(cache_dir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 900
+    for line in proc.stderr:  # kill -9 shortly after the stage starts
+        if f"stage {kill_at}: starting" in line:
+            time.sleep(1.5)
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        assert time.time() < deadline
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"run ended before reaching {kill_at}"
+    assert not (wd / kill_at / "DONE.json").exists()
+    r = subprocess.run(_cmd(wd), cwd=ROOT, env=_env(cache_dir), capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = _strip_times(json.loads((wd / "report.json").read_text()))
+    want = _strip_times(json.loads((ref_wd / "report.json").read_text()))
+    assert got == want
