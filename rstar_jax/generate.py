@@ -221,7 +221,7 @@ class Generator:
 
         shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         b = len(prompts)
-        b_pad = -(-bucket(b, 1) // shards) * shards if b > 1 or shards > 1 else 1
+        b_pad = -(-bucket(b, 1) // shards) * shards
         p_pad = bucket(max(len(p) for p in prompts), self.min_prompt_bucket)
         new_pad = bucket(max_new_tokens, self.min_new_bucket)
         ids = np.zeros((b_pad, p_pad), np.int32)
