@@ -9,7 +9,6 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.slow
 
 
 def _env(cache_dir):
@@ -61,22 +60,30 @@ def test_demo_smoke_runs_the_whole_loop(reference, cache_dir):
     assert "starting" not in again.stderr and "already done" in again.stderr
 
 
-@pytest.mark.parametrize("kill_at", ["round_0/policy", "round_1/search", "round_2/eval", "round_3/ppm"])
-def test_killed_run_resumes_to_the_same_report(reference, tmp_path, cache_dir, kill_at):
+@pytest.mark.slow
+@pytest.mark.parametrize("marker, delay", [
+    ("stage round_0/policy: starting", 1.5),  # inside training (base pretraining)
+    ("stage round_1/search: starting", 1.5),  # inside search
+    ("stage round_1/select: done", 0.0),  # between stages
+    ("stage round_2/eval: starting", 1.5),  # inside evaluation
+])
+def test_killed_run_resumes_to_the_same_report(reference, tmp_path, cache_dir, marker, delay):
     ref_wd, _ = reference
     wd = tmp_path / "run"
     proc = subprocess.Popen(_cmd(wd), cwd=ROOT, env=_env(cache_dir), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 900
-    for line in proc.stderr:  # kill -9 shortly after the stage starts
-        if f"stage {kill_at}: starting" in line:
-            time.sleep(1.5)
+    for line in proc.stderr:  # kill -9 (the whole process group: sandbox workers too) at the marker
+        if marker in line:
+            time.sleep(delay)
             os.killpg(proc.pid, signal.SIGKILL)
             break
         assert time.time() < deadline
     proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"run ended before reaching {kill_at}"
-    assert not (wd / kill_at / "DONE.json").exists()
+    assert proc.returncode == -signal.SIGKILL, f"run ended before {marker!r}"
+    stage = marker.split()[1].rstrip(":")
+    if marker.endswith("starting"):
+        assert not (wd / stage / "DONE.json").exists(), "the kill came after the stage had finished"
     r = subprocess.run(_cmd(wd), cwd=ROOT, env=_env(cache_dir), capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     got = _strip_times(json.loads((wd / "report.json").read_text()))
