@@ -65,7 +65,7 @@ def test_demo_smoke_runs_the_whole_loop(reference, cache_dir):
     ("stage round_0/policy: starting", 1.5),  # inside training (base pretraining)
     ("stage round_1/search: starting", 1.5),  # inside search
     ("stage round_1/select: done", 0.0),  # between stages
-    ("stage round_2/eval: starting", 1.5),  # inside evaluation
+    ("stage round_4/eval: starting", 1.0),  # inside the last evaluation (MCTS + PPM, equal budget)
 ])
 def test_killed_run_resumes_to_the_same_report(reference, tmp_path, cache_dir, marker, delay):
     ref_wd, _ = reference
