@@ -34,6 +34,7 @@ def get_config():
     config.round4.extra_rollouts = [16]
     config.eval.samples, config.eval.temperature, config.eval.top_p, config.eval.max_tokens = 4, 1.0, 1.0, 256
     config.eval.mcts_overrides = dict(num_children=4, rollouts=8, runs=2, vote_top_k=2)
+    config.eval.equal_budget = True  # last round: MCTS (terminal-guided and PPM) vs best-of-N at equal tokens
     config.control.enabled = True
     config.sandbox.timeout_s = 2.0
     config.sandbox.memory_mb = 512
