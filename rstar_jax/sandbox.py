@@ -377,11 +377,17 @@ class _Worker:
     def _mount_private_tmp(self) -> None:
         size = f"size={self.limits.disk_mb}m,mode=1777".encode()
         seen = set()
+        keep = _interpreter_dirs()
         for d in SHARED_WRITABLE_DIRS:
             real = os.path.realpath(d)
             if real in seen or not os.path.isdir(real):
                 continue
             seen.add(real)
+            if any(k == real or k.startswith(real + os.sep) for k in keep):
+                # e.g. a virtualenv under /tmp: a tmpfs would hide its packages, so this directory stays
+                # shared and is swept of the program's files instead (see _clean_files)
+                log.info("sandbox: %s holds the interpreter's packages; it stays shared, swept by uid", real)
+                continue
             if _mount(b"tmpfs", real.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, size):
                 self.tmpfs_dirs.append(real)
 
@@ -637,9 +643,10 @@ class _Worker:
         _remove_tree(workdir)
         for d in self.tmpfs_dirs:                 # private to this worker: everything there is the program's
             _empty_dir(d)
-        if not self.tmpfs_dirs and self.uid is not None:
+        if self.uid is not None:                  # shared ones: only what the program's uid created
             for d in SHARED_WRITABLE_DIRS:
-                _empty_dir(d, owner=self.uid)
+                if os.path.realpath(d) not in self.tmpfs_dirs:
+                    _empty_dir(d, owner=self.uid)
 
     def serve(self) -> None:
         _send(1, {"ready": asdict(self.layers)})
