@@ -31,6 +31,7 @@ MAX_VALUE = 999
 SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "//"}
 NAMES = {"Mia": "she", "Leo": "he", "Ava": "she", "Sam": "he", "Zoe": "she", "Max": "he", "Lily": "she", "Ben": "he"}
 OBJECTS = ("marbles", "apples", "stickers", "coins", "cards", "shells", "pens", "books")
+VARIABLE = "x"  # the teacher's one variable: a tiny model need not learn to copy the object's name into code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +132,7 @@ def teacher_next_steps(problem: Problem, steps_so_far: Sequence[str], n: int, rn
         raise ValueError(f"noise must be >= 0, got {noise}")
     toy = as_toy(problem)
     k = len(steps_so_far)
-    var = toy.obj
+    var = VARIABLE
     if k == 0:
         return [f"{CODE_START}\n# Step 1: start\n{var} = {toy.start}\n{END_OF_STEP}"] * n
     if k <= toy.level:

@@ -71,7 +71,7 @@ def test_answers_match_the_clean_teacher_program_run_for_real(split):
         assert steps[-1].endswith(f"<output>{p.answer}\n<end_of_output>\n<answer>The answer is \\boxed{{{p.answer}}}<end_of_answer>")
         # Every true intermediate value is a positive integer below MAX_VALUE.
         for k in range(1, len(steps)):
-            value = _exec(program(steps[:k]))[1][p.obj]
+            value = _exec(program(steps[:k]))[1][tw.VARIABLE]
             assert type(value) is int and 0 < value < tw.MAX_VALUE
 
 
@@ -93,8 +93,8 @@ def test_wrong_line_rates_follow_the_table(noise):
         for index, phrasing in enumerate(phrasings):
             p = tw.ToyProblem.build("r", "Leo", "coins", 24, [tw.Operation(op, index, 2)])
             cands = tw.teacher_next_steps(p, tw.teacher_next_steps(p, [], 1, rng), draws, rng, noise)
-            wrong = np.mean([f"coins = coins {phrasing.wrong} 2\n" in c for c in cands])
-            right = np.mean([f"coins = coins {tw.SYMBOLS[op]} 2\n" in c for c in cands])
+            wrong = np.mean([f"x = x {phrasing.wrong} 2\n" in c for c in cands])
+            right = np.mean([f"x = x {tw.SYMBOLS[op]} 2\n" in c for c in cands])
             expected = noise * phrasing.p_wrong
             assert wrong + right == 1.0
             assert abs(wrong - expected) <= 4 * np.sqrt(max(expected * (1 - expected), 1e-4) / draws), (op, index)
@@ -141,7 +141,7 @@ def test_next_steps_continue_a_path_with_the_right_stop_kinds(split):
     assert steps[0].startswith("<code>\n# Step 1: ")
     with pytest.raises(ValueError, match="already complete"):
         tw.teacher_next_steps(p, steps, 1, rng)
-    with pytest.raises(ValueError, match=f"never assigns '{p.obj}'"):
+    with pytest.raises(ValueError, match=f"never assigns {tw.VARIABLE!r}"):
         tw.teacher_next_steps(p, ["<code>\ny = 1\n<end_of_step>"] * (p.level + 1), 1, rng)
 
 
