@@ -27,6 +27,8 @@ from rstar_jax import sharding
 from rstar_jax.models.qwen2 import Qwen2ForCausalLM
 
 COMPILES: list[tuple] = []  # one entry per traced program: (name, shape key); tests and logs read it
+ROW_REUSE = 4  # a call may run in an already compiled row bucket up to this many times its own
+_ROW_BUCKETS: dict[tuple, set[int]] = {}  # (prompt bucket, new bucket, n) -> row buckets used so far
 
 STOP_TOKEN, STOP_STRING, LENGTH = "stop_token", "stop_string", "length"
 
@@ -51,6 +53,18 @@ class Completion:
 def bucket(n: int, minimum: int = 16) -> int:
     """Smallest power of two >= max(n, minimum)."""
     return max(minimum, 1 << max(0, (n - 1).bit_length()))
+
+
+def row_bucket(rows: int, shape: tuple, shards: int = 1) -> int:
+    """Rows to pad a call to: the smallest row bucket already used with the same other shapes when it
+    is at most ROW_REUSE times the call's own, else a new one. A search whose batch shrinks as its
+    trees finish then reuses its programs (filler rows are cheap; a CPU compile costs seconds)."""
+    own = -(-bucket(rows, 1) // shards) * shards
+    used = _ROW_BUCKETS.setdefault(shape, set())
+    reuse = [r for r in used if own <= r <= ROW_REUSE * own]
+    pick = min(reuse) if reuse else own
+    used.add(pick)
+    return pick
 
 
 # ---------------------------------------------------------------- sampling (pure, per row)
@@ -221,9 +235,9 @@ class Generator:
 
         shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         b = len(prompts)
-        b_pad = -(-bucket(b, 1) // shards) * shards
         p_pad = bucket(max(len(p) for p in prompts), self.min_prompt_bucket)
         new_pad = bucket(max_new_tokens, self.min_new_bucket)
+        b_pad = row_bucket(b, (p_pad, new_pad, n, shards), shards)
         ids = np.zeros((b_pad, p_pad), np.int32)
         positions = np.full((b_pad, p_pad), -1, np.int32)
         lens = np.ones(b_pad, np.int32)

@@ -152,6 +152,19 @@ def test_compiles_stay_within_the_bucket_bound(small):
     assert len(gen.COMPILES) - before <= 2 * len(seen) == 12
 
 
+def test_a_shrinking_batch_reuses_a_compiled_row_bucket_with_the_same_results(small):
+    prompts = [[(5 * i + j) % (SMALL.vocab_size - 1) + 1 for i in range(11)] for j in range(8)]
+    kw = dict(temperature=1.0, seeds=list(range(8)))
+    full = gen.Generator(small).generate(prompts, 7, **kw)  # 8 rows: compiles (or reuses) the 8-row bucket
+    before = len(gen.COMPILES)
+    few = gen.Generator(small).generate(prompts[:3], 7, temperature=1.0, seeds=list(range(3)))
+    assert len(gen.COMPILES) == before  # 3 rows run padded to 8 (<= ROW_REUSE x 4) instead of compiling 4
+    assert [c.tokens for c in few] == [c.tokens for c in full[:3]]
+    assert gen.row_bucket(1, ("fresh shape",)) == 1 and gen.row_bucket(1, ("fresh shape",)) == 1
+    assert gen.row_bucket(5, ("fresh shape",)) == 8 and gen.row_bucket(2, ("fresh shape",)) == 8  # 8 <= 4 x 2
+    assert gen.row_bucket(1, ("fresh shape",)) == 1  # 8 > 4 x 1: its own bucket
+
+
 def test_mesh_generation_equals_single_device(small):
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     plain = gen.generate_tokens(small, SP, 6, n=2, temperature=1.0, seed=4)
