@@ -60,17 +60,18 @@ def ppm_train_config() -> config_dict.ConfigDict:
 
 
 def mcts_config() -> config_dict.ConfigDict:
-    """Search settings (reference values from DESIGN.md; deviations say so). Read by rstar_jax.mcts."""
+    """Search settings (reference values from DESIGN.md; deviations say so). Read by rstar_jax.mcts.
+    Sequences are tuples, which the command line can override: --config.round4.extra_rollouts="(64, 128)"."""
     return config_dict.ConfigDict(
         {
             # Budget and batching.
             "rollouts": 16,  # rollouts per problem (R1: 8, R2-R4: 16)
-            "extra_rollouts": [],  # round-4 rule: unsolved problems are searched again, fresh tree and seed, with these budgets in turn ([64, 128])
+            "extra_rollouts": (),  # round-4 rule: unsolved problems are searched again, fresh tree and seed, with these budgets in turn ([64, 128])
             "batch_trees": 64,  # trees advanced in lockstep; a finished tree hands its slot to the next problem
             "max_nodes": 512,  # initial node capacity per tree; grows (doubling, one recompile) when a tree fills it
             # Expansion.
             "num_children": 12,  # candidates sampled per expansion (reference n = 12)
-            "width_by_depth": [],  # optional n per depth (index = depth of the expanded node, last entry repeats); [] = num_children
+            "width_by_depth": (),  # optional n per depth (index = depth of the expanded node, last entry repeats); () = num_children
             "dedupe": "text",  # "text" (reference: identical texts), "code" (same code once comments/spacing are removed), "none"
             "one_final_per_expansion": True,  # keep only the first candidate that ends the solution (code end or answer)
             "max_step_tokens": 256,  # decode budget per step (and per answer continuation)
@@ -96,6 +97,19 @@ def mcts_config() -> config_dict.ConfigDict:
     )
 
 
+def selection_config() -> config_dict.ConfigDict:
+    """Data selection from search trees (rstar_jax.data.selection.SelectionConfig; reference values)."""
+    return config_dict.ConfigDict(
+        {
+            "sft_per_problem": 2,  # top correct trajectories per problem by mean step Q
+            "ppm_per_side": 2,  # positives (highest Q) and negatives (lowest Q) per node
+            "ppm_other_side": 4,  # taken from the other side when one side has a single candidate
+            "ppm_min_q_margin": 0.5,  # Q(pos) - Q(neg) at least this
+            "ppm_min_edit_distance": 20,  # pos and neg steps at least this many characters apart
+        }
+    )
+
+
 def sandbox_config() -> config_dict.ConfigDict:
     """Code execution pool limits; workers=0 means one per core."""
     return config_dict.ConfigDict({"workers": 0, "timeout_s": 5.0, "memory_mb": 1024})
@@ -106,6 +120,7 @@ def eval_config() -> config_dict.ConfigDict:
     return config_dict.ConfigDict(
         {
             "samples": 8,  # N for majority vote and best-of-N (1 = greedy only)
+            "sample_every_round": False,  # evolve: sampled metrics every round, not only for the base and last round
             "temperature": 0.7,
             "top_p": 0.95,
             "max_tokens": 1024,  # decode budget for a whole solution up to <end_of_code>
@@ -125,7 +140,7 @@ def round_config(rollouts: int, *, use_ppm: bool, errors_threshold: int, extra_r
             "use_ppm": use_ppm,  # PPM-augmented: the previous round's PPM scores every new node
             "q_init": "ppm" if use_ppm else "terminal",
             "errors_threshold": errors_threshold,
-            "extra_rollouts": list(extra_rollouts),  # round 4: unsolved problems get these budgets in turn
+            "extra_rollouts": tuple(extra_rollouts),  # round 4: unsolved problems get these budgets in turn
         }
     )
 
@@ -164,5 +179,6 @@ def get_config() -> config_dict.ConfigDict:
     config.ppm_train = ppm_train_config()
     config.mcts = mcts_config()
     config.sandbox = sandbox_config()
+    config.selection = selection_config()
     evolve_config(config)
     return config
