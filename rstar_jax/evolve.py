@@ -219,10 +219,11 @@ class Evolution:
                 "tokens_decoded": stats.tokens_decoded, "programs": stats.programs}
 
     def select(self, d: epath.Path, r: int) -> dict[str, Any]:
-        from rstar_jax.data.selection import read_sft, select_to_files, write_sft
+        from rstar_jax.data.selection import SelectionConfig, read_sft, select_to_files, write_sft
 
         shards = sorted((self.wd / f"round_{r}/search").glob("trees-*.jsonl"))
-        n_sft, n_ppm = select_to_files(shards, d / "sft.jsonl", d / "ppm.jsonl")
+        n_sft, n_ppm = select_to_files(shards, d / "sft.jsonl", d / "ppm.jsonl",
+                                       SelectionConfig(**self.config.selection.to_dict()))
         mix = self.config.get("teacher_mix", 0.0) if self.toy else 0.0
         n_teacher = int(round(n_sft * mix / (1.0 - mix))) if 0 < mix < 1 else 0
         if n_teacher:
@@ -230,13 +231,24 @@ class Evolution:
             write_sft(d / "sft.jsonl", read_sft(d / "sft.jsonl") + teacher)
         return {"sft_examples": n_sft, "teacher_examples": n_teacher, "ppm_pairs": n_ppm}
 
-    def evaluate(self, policy_path: str, ppm_path: str | None, *, mcts: bool) -> dict[str, Any]:
-        """Held-out evaluation; the last round (`mcts`) adds MCTS + PPM and, when configured, the
-        equal-budget comparison run with that round's search settings."""
+    def ppm_needed(self, r: int) -> bool:
+        """Whether round `r`'s PPM is read: by the next round's PPM-augmented search or the last round's eval."""
+        c = self.config
+        return r == c.last_round or bool(c.get(f"round{r + 1}", {}).get("use_ppm", False))
+
+    def evaluate(self, policy_path: str, ppm_path: str | None, *, mcts: bool, sampled: bool = False) -> dict[str, Any]:
+        """Held-out evaluation: greedy every round; sampled metrics (majority, best-of-N) in the base
+        and last rounds (`sampled`, `mcts`) unless `eval.sample_every_round`; the last round (`mcts`)
+        adds MCTS + PPM and, when configured, the equal-budget comparison with that round's search settings."""
         from rstar_jax.evaluate import evaluate_checkpoints
 
-        budget = round_settings(self.config, self.config.last_round) if mcts and self.config.eval.equal_budget else None
-        return evaluate_checkpoints(self.config, policy_path, ppm_path, self.tokenizer(), self.problems("heldout"),
+        config = self.config
+        if not (sampled or mcts or config.eval.get("sample_every_round", False)):
+            config = config.copy_and_resolve_references()
+            with config.unlocked():
+                config.eval.samples = 1
+        budget = round_settings(config, config.last_round) if mcts and config.eval.equal_budget else None
+        return evaluate_checkpoints(config, policy_path, ppm_path, self.tokenizer(), self.problems("heldout"),
                                     sandbox=self.sandbox, mesh=self.mesh, mcts=mcts, budget_mcts=budget)
 
     # ---- the loop
@@ -251,17 +263,19 @@ class Evolution:
                                                        self.teacher_examples(c.world.samples_per_problem, c.seed),
                                                        c.pretrain))
         if c.first_round <= 1:
-            stage("round_0/eval", lambda d: self.evaluate(self.policy_checkpoint(0), None, mcts=False))
+            stage("round_0/eval", lambda d: self.evaluate(self.policy_checkpoint(0), None, mcts=False, sampled=True))
         for r in range(c.first_round, c.last_round + 1):
             stage(f"round_{r}/search", lambda d, r=r: self.search(d, r))
             stage(f"round_{r}/select", lambda d, r=r: self.select(d, r))
             data = self.wd / f"round_{r}/select"
             stage(f"round_{r}/policy", lambda d, r=r: self.sft(d, self.base_checkpoint(),
                                                                read_sft(data / "sft.jsonl"), c.train))
-            stage(f"round_{r}/ppm", lambda d, r=r: self.train_ppm(d, self.policy_checkpoint(r),
-                                                                  read_ppm(data / "ppm.jsonl")))
-            stage(f"round_{r}/eval", lambda d, r=r: self.evaluate(self.policy_checkpoint(r), self.ppm_checkpoint(r),
-                                                                 mcts=r == c.last_round))
+            if self.ppm_needed(r):
+                stage(f"round_{r}/ppm", lambda d, r=r: self.train_ppm(d, self.policy_checkpoint(r),
+                                                                      read_ppm(data / "ppm.jsonl")))
+            stage(f"round_{r}/eval", lambda d, r=r: self.evaluate(
+                self.policy_checkpoint(r), self.ppm_checkpoint(r) if self.ppm_needed(r) else None,
+                mcts=r == c.last_round))
             self.report()
         if self.toy and c.control.enabled:
             steps = (stage_done(self.wd, f"round_{c.last_round}/policy") or {}).get("steps", 0)

@@ -50,8 +50,11 @@ def test_demo_smoke_runs_the_whole_loop(reference, cache_dir):
         assert set(r_["heldout"]["by_level"]) <= {"1", "2", "3", "4", "5", "6"}
     final = report["rounds"][-1]
     assert final["heldout"]["mcts_ppm"] is not None and final["search"]["problems"] == 6
-    for stage in ("world", "round_0/policy", "round_4/search", "round_4/ppm", "control/eval"):
+    for stage in ("world", "round_0/policy", "round_4/search", "round_2/ppm", "round_4/ppm", "control/eval"):
         assert (wd / stage / "DONE.json").exists(), stage
+    assert not (wd / "round_1/ppm").exists()  # round 2 searches terminal-guided: nothing reads a round-1 PPM
+    # sampled metrics for the base and the last round only
+    assert [r_["heldout"]["majority"] is not None for r_ in report["rounds"]] == [True, False, False, False, True]
     assert (wd / "round_4/policy/export/config.json").exists()
     assert "round" in r.stdout and "control" in r.stdout  # the printed table
     # A finished run, started again, redoes nothing.
