@@ -44,25 +44,27 @@ class Phrasing:
     p_wrong: float  # how often it does so at noise 1
 
 
-# Per operation, its phrasings; index = phrasing id. The first of each is majority-wrong.
+# Per operation, its phrasings; index = phrasing id. The first of each is majority-wrong, by a small
+# margin: greedy decoding inherits the mistake, while sampling writes the right line almost half the
+# time, so a search from the base finds it and a few hundred verified solutions can flip it.
 PHRASINGS: dict[str, tuple[Phrasing, ...]] = {
     "add": (
-        Phrasing("gets {n} from a friend", "from a friend", "-", 0.65),
+        Phrasing("gets {n} from a friend", "from a friend", "-", 0.55),
         Phrasing("finds {n} more", "finds more", "-", 0.1),
         Phrasing("buys {n} more", "buys more", "-", 0.0),
     ),
     "sub": (
-        Phrasing("gives away {n}", "gives away", "+", 0.65),
+        Phrasing("gives away {n}", "gives away", "+", 0.55),
         Phrasing("loses {n}", "loses", "+", 0.1),
         Phrasing("sells {n}", "sells", "+", 0.0),
     ),
     "mul": (
-        Phrasing("gets {n} times as many", "times as many", "+", 0.7),
+        Phrasing("gets {n} times as many", "times as many", "+", 0.6),
         Phrasing("trades each one for {n}", "trades each", "+", 0.15),
         Phrasing("multiplies them by {n}", "multiplies", "+", 0.0),
     ),
     "div": (
-        Phrasing("shares them equally among {n} friends", "shares among friends", "-", 0.65),
+        Phrasing("shares them equally among {n} friends", "shares among friends", "-", 0.55),
         Phrasing("keeps 1 of every {n}", "keeps 1 of every", "-", 0.1),
         Phrasing("keeps 1/{n} of them", "keeps a part", "-", 0.0),
     ),
