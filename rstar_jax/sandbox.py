@@ -122,6 +122,10 @@ BACKSTOP_GRACE_S = 10.0      # extra time the pool gives a worker past the progr
 DRAIN_GRACE_S = 0.5          # how long to keep reading output after a program's processes are gone
 MAX_RESULT_BYTES = 1 << 20   # the child's result message; anything longer is a forged or broken channel
 MiB = 1 << 20
+# A worker writes a (seq, pid) record to a side pipe when it starts a program; the pool reads that pipe only
+# when the worker dies or hangs, to know which program was running and whose process group to kill.
+_STARTED = struct.Struct("<qq")
+MAX_BATCH = 8                # programs the pool sends a worker in one message
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWNET = 0x40000000
@@ -406,6 +410,7 @@ class _Worker:
     def __init__(self, config: dict):
         self.limits = Limits(**config["limits"])
         self.uid: int | None = config["uid"]
+        self.started_fd: int = config["started_fd"]
         self.pid = os.getpid()
         self.pagesize = os.sysconf("SC_PAGE_SIZE")
         self.tmpfs_dirs: list[str] = []
@@ -511,7 +516,7 @@ class _Worker:
 
     # -- one program
 
-    def run(self, code: str, timeout_s: float) -> dict:
+    def run(self, code: str, timeout_s: float, seq: int) -> dict:
         self._warm_for(code)
         workdir = self.workdir
         os.mkdir(workdir, 0o700)
@@ -521,10 +526,11 @@ class _Worker:
         err_r, err_w = os.pipe()
         res_r, res_w = os.pipe()
         start = time.monotonic()
+        _write_all(self.started_fd, _STARTED.pack(seq, 0))     # from here on, a dead worker costs this program
         pid = os.fork()
         if pid == 0:
             self._child(code, workdir, out_w, err_w, res_w, timeout_s)
-        _send(1, {"started": pid})
+        _write_all(self.started_fd, _STARTED.pack(seq, pid))   # lets the pool kill its process group if we die
         for fd in (out_w, err_w, res_w):
             os.close(fd)
         try:
@@ -727,12 +733,14 @@ class _Worker:
                     _empty_dir(d, owner=self.uid)
 
     def serve(self) -> None:
+        """Reads batches of programs from the pool and streams back one result per program, in order."""
         _send(1, {"ready": asdict(self.layers)})
         while True:
             request = _recv(0)
             if request is None:
                 break
-            _send(1, self.run(request["code"], request["timeout_s"]))
+            for job in request["batch"]:
+                _send(1, self.run(job["code"], job["timeout_s"], job["seq"]))
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
@@ -878,6 +886,8 @@ class _Job:
     code: str
     timeout_s: float
     future: concurrent.futures.Future
+    seq: int = 0          # numbers the job within its slot, for the worker's start records
+    resent: bool = False  # a worker died before starting it once already
 
 
 class BatchHandle:
@@ -906,6 +916,8 @@ class _Slot:
     ready: threading.Event = field(default_factory=lambda: threading.Event())
     start_error: BaseException | None = None
     restarts: int = 0
+    started_r: int | None = None     # read end of the worker's start records (non-blocking)
+    seq: int = 0
 
 
 class Sandbox:
@@ -1057,13 +1069,25 @@ class Sandbox:
     def _start_worker(self, slot: _Slot) -> None:
         """Spawns a clean interpreter running this file as a worker (never a fork of the caller, which may
         hold jax threads) and waits for its ready message listing the layers it got."""
+        started_r, started_w = os.pipe()
+        os.set_blocking(started_r, False)
+        if started_w < 3:                     # a caller without stdio: keep the worker's 0-2 for its pipes
+            low, started_w = started_w, fcntl.fcntl(started_w, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(low)
         config = {"limits": asdict(self.limits), "uid": slot.uid, "preload": self._preload,
                   "warm_on_demand": self._warm_on_demand,
-                  "namespaces": self._namespaces}
-        slot.proc = subprocess.Popen(
-            [sys.executable, "-I", os.path.abspath(__file__), json.dumps(config)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, start_new_session=True,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"})
+                  "namespaces": self._namespaces, "started_fd": started_w}
+        try:
+            slot.proc = subprocess.Popen(
+                [sys.executable, "-I", os.path.abspath(__file__), json.dumps(config)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, start_new_session=True,
+                pass_fds=(started_w,), env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"})
+        except BaseException:
+            os.close(started_r)
+            raise
+        finally:
+            os.close(started_w)
+        slot.started_r = started_r
         try:
             hello = _recv(slot.proc.stdout.fileno(), time.monotonic() + WORKER_START_TIMEOUT_S)
         except TimeoutError:
@@ -1082,6 +1106,9 @@ class Sandbox:
         code = proc.wait()
         for stream in (proc.stdin, proc.stdout):
             stream.close()
+        if slot.started_r is not None:
+            os.close(slot.started_r)
+            slot.started_r = None
         return code
 
     # -- dispatch
@@ -1097,49 +1124,108 @@ class Sandbox:
             return
         slot.ready.set()
         while True:
-            job = self._jobs.get()
-            if job is None:
+            batch, stop = self._take_batch()
+            if batch:
+                self._execute_batch(slot, batch)
+            if stop:
                 break
-            if job.future.set_running_or_notify_cancel():
-                job.future.set_result(self._execute(slot, job))
         self._shutdown_worker(slot)
 
-    def _execute(self, slot: _Slot, job: _Job) -> ExecResult:
-        """Runs one job on the slot's worker. A worker that dies before it starts the program (e.g. killed
-        while idle) is replaced and the job resent once; one that dies or hangs during it costs that job."""
-        for attempt in range(2):
+    def _take_batch(self) -> tuple[list[_Job], bool]:
+        """Waits for a job, then takes up to MAX_BATCH queued ones, leaving the other workers their share.
+        Returns the jobs still wanted (not cancelled) and whether close() asked this slot to stop."""
+        jobs: list[_Job] = []
+        item = self._jobs.get()
+        limit = min(MAX_BATCH, 1 + self._jobs.qsize() // (2 * len(self._slots)))
+        while item is not None:
+            if item.future.set_running_or_notify_cancel():
+                jobs.append(item)
+            if len(jobs) >= limit:
+                return jobs, False
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return jobs, False
+        return jobs, True
+
+    def _execute_batch(self, slot: _Slot, jobs: list[_Job]) -> None:
+        """Runs jobs on the slot's worker: one message out, one result back per program, in order. If the
+        worker dies or hangs, the program it was running gets that as its result and the worker is replaced;
+        programs it had not started are sent to the new worker (each at most once more)."""
+        while jobs:
             if slot.proc is None or slot.proc.poll() is not None:
                 self._replace_worker(slot, "found dead before the program started")
                 if slot.proc is None:
-                    return ExecResult(stdout="", error="sandbox worker could not be restarted", limit="worker")
-            start = time.monotonic()
-            try:
-                _send(slot.proc.stdin.fileno(), {"code": job.code, "timeout_s": job.timeout_s})
-                started = _recv(slot.proc.stdout.fileno(), start + BACKSTOP_GRACE_S)
-            except (TimeoutError, OSError):
-                started = None
-            if started is not None:
-                return self._await_result(slot, job, started["started"], start)
-            self._replace_worker(slot, "died before starting the program")
-        return ExecResult(stdout="", error="sandbox worker died twice before starting the program", limit="worker")
+                    for job in jobs:
+                        job.future.set_result(ExecResult(stdout="", error="sandbox worker could not be restarted",
+                                                         limit="worker"))
+                    return
+            for job in jobs:
+                slot.seq += 1
+                job.seq = slot.seq
+            jobs = self._run_on_worker(slot, jobs)
 
-    def _await_result(self, slot: _Slot, job: _Job, pid: int, start: float) -> ExecResult:
-        """Waits for the result of a started program; if the worker dies or stops answering, kills the
-        program's process group from here and replaces the worker."""
+    def _run_on_worker(self, slot: _Slot, jobs: list[_Job]) -> list[_Job]:
+        """Sends jobs to the worker and resolves them as results arrive; returns the jobs to send again."""
+        start = time.monotonic()
         try:
-            reply = _recv(slot.proc.stdout.fileno(), start + job.timeout_s + BACKSTOP_GRACE_S)
-        except TimeoutError:
-            reply, reason, timed_out = None, f"timeout after {job.timeout_s:g}s (worker unresponsive)", True
-        except OSError as e:
-            reply, reason, timed_out = None, f"sandbox worker died ({e.__class__.__name__})", False
-        else:
-            reason, timed_out = "sandbox worker died while running the program", False
-        if reply is not None:
-            return ExecResult(**reply)
-        _kill_quietly(lambda: os.killpg(pid, signal.SIGKILL))
-        code = self._replace_worker(slot, reason)
-        return ExecResult(stdout="", error=reason if timed_out else f"{reason}; exit code {code}",
-                          timed_out=timed_out, duration_s=time.monotonic() - start, limit="worker")
+            _send(slot.proc.stdin.fileno(),
+                  {"batch": [{"code": j.code, "timeout_s": j.timeout_s, "seq": j.seq} for j in jobs]})
+        except OSError:
+            pass                                         # a dead worker: the first read below says so
+        for i, job in enumerate(jobs):
+            try:
+                reply = _recv(slot.proc.stdout.fileno(), start + job.timeout_s + BACKSTOP_GRACE_S)
+            except TimeoutError:
+                reply, reason, timed_out = None, f"timeout after {job.timeout_s:g}s (worker unresponsive)", True
+            except OSError as e:
+                reply, reason, timed_out = None, f"sandbox worker died ({e.__class__.__name__})", False
+            else:
+                reason, timed_out = "sandbox worker died while running the program", False
+            if reply is not None:
+                job.future.set_result(ExecResult(**reply))
+                start = time.monotonic()                 # the worker starts the next program right away
+                continue
+            return self._worker_failed(slot, jobs[i:], reason, timed_out, start)
+        self._read_started(slot)                         # keeps the side pipe from filling up
+        return []
+
+    def _worker_failed(self, slot: _Slot, jobs: list[_Job], reason: str, timed_out: bool,
+                       start: float) -> list[_Job]:
+        """The worker died or hung while jobs[0] was next: kills the program it had started (if any), replaces
+        the worker, and returns the jobs to send again."""
+        seq, pid = self._read_started(slot)
+        if pid:
+            _kill_quietly(lambda: os.killpg(pid, signal.SIGKILL))
+        code = self._replace_worker(slot, reason if seq == jobs[0].seq else "died before starting the program")
+        if seq != jobs[0].seq:                           # it had not started jobs[0]: nothing ran yet
+            retry = [j for j in jobs if not j.resent]
+            for job in jobs:
+                if job.resent:
+                    job.future.set_result(ExecResult(stdout="", error="sandbox worker died twice before starting "
+                                                     "the program", limit="worker"))
+                job.resent = True
+            return retry
+        jobs[0].future.set_result(ExecResult(
+            stdout="", error=reason if timed_out else f"{reason}; exit code {code}", timed_out=timed_out,
+            duration_s=time.monotonic() - start, limit="worker"))
+        return jobs[1:]
+
+    def _read_started(self, slot: _Slot) -> tuple[int, int]:
+        """The last (seq, pid) start record the slot's worker wrote, (0, 0) if none is waiting."""
+        last, data = (0, 0), b""
+        while slot.started_r is not None:
+            try:
+                chunk = os.read(slot.started_r, 1 << 12)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        if len(data) >= _STARTED.size:
+            end = len(data) - len(data) % _STARTED.size
+            last = _STARTED.unpack(data[end - _STARTED.size:end])
+        return last
 
     def _replace_worker(self, slot: _Slot, reason: str) -> int | None:
         """Kills the slot's worker (if any) and starts a new one; returns the old one's exit code."""

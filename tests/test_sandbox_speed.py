@@ -1,6 +1,10 @@
 """Sandbox tests for the mechanisms that make the pool fast: each must keep every program's fresh, isolated state."""
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 from rstar_jax.sandbox import Sandbox
@@ -37,3 +41,42 @@ def test_compiler_warmed_but_syntax_errors_reported(sb):
     r = sb.run("def f(:\n  pass")
     assert r.error is not None and r.error.startswith("SyntaxError"), r
     assert sb.run("print(sum(i for i in range(5)))").stdout == "10\n"
+
+
+def test_worker_killed_mid_batch():
+    # one worker, so the programs queued behind the first go out together in one batch message
+    with Sandbox(workers=1, timeout_s=5.0) as pool:
+        victim = pool.worker_pids()[0]
+        codes = ["import time\ntime.sleep(0.3)\nprint(0)", "print(1)",
+                 "import time\nprint('working', flush=True)\ntime.sleep(30)", "print(3)", "print(4)", "print(5)"]
+        batch = pool.submit_many(codes)
+        time.sleep(1.5)
+        os.kill(victim, signal.SIGKILL)
+        results = batch.result(timeout=30)
+        assert [r.stdout for r in results[:2]] == ["0\n", "1\n"]
+        assert results[2].error.startswith("sandbox worker died") and results[2].limit == "worker", results[2]
+        assert [(r.stdout, r.error) for r in results[3:]] == [("3\n", None), ("4\n", None), ("5\n", None)]
+        assert pool.restarts == 1 and pool.worker_pids() != [victim]
+
+
+def test_batch_cancelled_and_order_kept():
+    with Sandbox(workers=1, timeout_s=5.0) as pool:
+        first = pool.submit("import time\ntime.sleep(0.3)\nprint('first')")
+        queued = [pool.submit(f"print({i})") for i in range(12)]
+        assert queued[5].cancel()
+        assert first.result().stdout == "first\n"
+        assert [q.result().stdout for i, q in enumerate(queued) if i != 5] == [f"{i}\n" for i in range(12) if i != 5]
+
+
+def test_leftovers_invisible_to_next_program_in_same_worker(sb):
+    # consecutive programs on one worker (several per batch message): nothing a program writes survives it
+    litter = ("import os\nmode = os.stat('.').st_mode & 0o777\nbefore = sorted(os.listdir('.'))\n"
+              "seen = [os.path.exists(d + '/rstar_sb_left.txt') for d in ('/tmp', '/dev/shm', '/var/tmp')]\n"
+              "for d in ('.', '/tmp', '/dev/shm', '/var/tmp'):\n"
+              "    try:\n        open(os.path.join(d, 'rstar_sb_left.txt'), 'w').write('x')\n"
+              "        os.mkdir(os.path.join(d, 'dir'))\n    except OSError:\n        pass\n"
+              "os.chmod('.', 0o777)\n"
+              "print(before, seen, mode, sorted(os.listdir('.')))")
+    results = sb.run_many([litter] * 6)
+    assert all(r.error is None for r in results), results
+    assert [r.stdout for r in results] == ["[] [False, False, False] 448 ['dir', 'rstar_sb_left.txt']\n"] * 6, results
