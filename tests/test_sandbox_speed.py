@@ -116,3 +116,8 @@ def test_hung_worker_mid_batch(monkeypatch, layers):
         assert [(r.stdout, r.error) for r in results[2:]] == [("2\n", None), ("3\n", None)]
         assert not _alive(program[0]) and not _alive(worker)
         assert pool.restarts == 1
+
+
+def test_programs_keep_the_normal_scheduling_policy(sb):
+    # the worker runs SCHED_BATCH (fewer context switches); its programs must not inherit that
+    assert sb.run("import os\nprint(os.sched_getscheduler(0) == os.SCHED_OTHER)").stdout == "True\n"
