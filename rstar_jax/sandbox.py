@@ -126,6 +126,7 @@ MiB = 1 << 20
 # when the worker dies or hangs, to know which program was running and whose process group to kill.
 _STARTED = struct.Struct("<qq")
 MAX_BATCH = 8                # programs the pool sends a worker in one message
+MAX_BATCH_CHARS = 1 << 14    # ...and their code in all, so a message (JSON-escaped) usually fits a 64 KiB pipe
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWNET = 0x40000000
@@ -437,6 +438,7 @@ class _Worker:
         os.environ.clear()                       # children inherit this; setting it per child costs a lot more
         os.environ.update(_child_env(self.workdir))
         self.child_streams = _child_streams()
+        self.devnull = os.open(os.devnull, os.O_RDONLY)     # each child's stdin (closed there after the dup)
         self.close_range = _close_range_works()
         _warm_compiler()
         self.vm_base = self._vm_size()
@@ -565,8 +567,7 @@ class _Worker:
             _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
             if self.batch_scheduling:
                 os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(devnull, 0)
+            os.dup2(self.devnull, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             os.dup2(res_w, 3)
@@ -1161,10 +1162,12 @@ class Sandbox:
         jobs: list[_Job] = []
         item = self._jobs.get()
         limit = min(MAX_BATCH, 1 + self._jobs.qsize() // (2 * len(self._slots)))
+        chars = 0
         while item is not None:
             if item.future.set_running_or_notify_cancel():
                 jobs.append(item)
-            if len(jobs) >= limit:
+                chars += len(item.code)
+            if len(jobs) >= limit or chars >= MAX_BATCH_CHARS:
                 return jobs, False
             try:
                 item = self._jobs.get_nowait()
