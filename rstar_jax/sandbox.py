@@ -17,7 +17,10 @@ Usage::
 Process layout: Sandbox (caller, may have imported jax) --spawn--> worker (clean interpreter started with
 ``python -I sandbox.py``; pre-imports common modules, enters private network/mount namespaces, acts as
 child subreaper) --fork per program--> child (sets limits, drops to the worker's uid, runs the code).
-This file is both the library and the worker's entry point, so it imports only the standard library.
+This file is both the library and the worker's entry point, so it imports only the standard library (and,
+as a worker, none of the pool's threading modules, which would slow every fork). Each pool thread sends its
+worker up to MAX_BATCH queued programs in one message; the worker runs them one after another, each in its
+own fresh fork, and streams back one result per program.
 
 Layers, chosen per worker at startup and logged once per pool (`Sandbox.layers`):
   network     "namespace": the worker enters an empty network namespace (no interface is up, not even
