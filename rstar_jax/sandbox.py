@@ -1225,7 +1225,7 @@ class Sandbox:
         """The worker died or hung while jobs[0] was next: kills the program it had started (if any), replaces
         the worker, and returns the jobs to send again."""
         seq, pid = self._read_started(slot)
-        if pid:
+        if pid and seq == jobs[0].seq:                   # never an earlier program's group: its id may be reused
             _kill_quietly(lambda: os.killpg(pid, signal.SIGKILL))
         code = self._replace_worker(slot, reason if seq == jobs[0].seq else "died before starting the program")
         if seq != jobs[0].seq:                           # it had not started jobs[0]: nothing ran yet
