@@ -1,9 +1,12 @@
 """Programs/s for typical step programs: the sandbox pool vs a fresh subprocess per program vs in-process exec.
 
 The in-process column is the reference's way (exec with a timeout, no isolation): an upper bound on speed,
-not an option. The last line is `sandbox ratio: X` = pool / subprocess-per-program (medians over rounds).
+not an option. The last line is `sandbox ratio: X` = pool / subprocess-per-program (medians over repeats).
+The three sides take turns within each repeat, so a change in machine load hits them alike; every side must
+print the same outputs for the same programs. The load average before and after is printed: on a shared
+machine the baseline slows more than the pool under load, which inflates the ratio.
 
-    .venv/bin/python benchmarks/bench_sandbox.py [--rounds 5] [--programs 400] [--with-sympy]
+    .venv/bin/python benchmarks/bench_sandbox.py [--repeats 5] [--programs 400] [--with-sympy]
 """
 from __future__ import annotations
 
@@ -38,20 +41,6 @@ SYMPY_PROGRAMS = (
     "from sympy import symbols, solve\nx = symbols('x')\nprint(solve(x**2 - 5*x + 6, x))",
     "import sympy as sp\nprint(sp.factorint(360))",
 )
-
-
-def programs_per_s(run_batch: Callable[[Sequence[str]], list[str]], codes: Sequence[str], rounds: int) -> float:
-    """Median over rounds of len(codes) / seconds; checks every round's outputs against the first."""
-    rates, expected = [], None
-    for _ in range(rounds):
-        start = time.perf_counter()
-        outputs = run_batch(codes)
-        rates.append(len(codes) / (time.perf_counter() - start))
-        if expected is None:
-            expected = outputs
-        elif outputs != expected:
-            raise RuntimeError("outputs changed between rounds")
-    return statistics.median(rates)
 
 
 def subprocess_batch(workers: int, timeout_s: float) -> Callable[[Sequence[str]], list[str]]:
@@ -92,11 +81,19 @@ def in_process_batch(timeout_s: float) -> Callable[[Sequence[str]], list[str]]:
     return lambda codes: [one(c) for c in codes]
 
 
+def timed(run_batch: Callable[[Sequence[str]], list[str]], codes: Sequence[str]) -> tuple[float, list[str]]:
+    """Programs/s for one batch, and its outputs."""
+    start = time.perf_counter()
+    outputs = run_batch(codes)
+    return len(codes) / (time.perf_counter() - start), outputs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--programs", type=int, default=400, help="programs per round for pool and in-process")
-    parser.add_argument("--subprocess-programs", type=int, default=48, help="programs per round for the baseline")
+    parser.add_argument("--repeats", "--rounds", dest="repeats", type=int, default=5,
+                        help="timed batches per side (the sides take turns); medians are reported")
+    parser.add_argument("--programs", type=int, default=400, help="programs per batch for pool and in-process")
+    parser.add_argument("--subprocess-programs", type=int, default=48, help="programs per batch for the baseline")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--timeout-s", type=float, default=5.0)
     parser.add_argument("--with-sympy", action="store_true", help="also time sympy programs (slow baseline)")
@@ -106,22 +103,35 @@ def main() -> None:
     if args.with_sympy:
         suites.insert(0, ("sympy step programs", SYMPY_PROGRAMS))
     print(f"{args.workers} workers, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
-          f"median of {args.rounds} rounds")
+          f"median of {args.repeats} repeats")
     print(f"{'programs':<22}{'sandbox pool':>14}{'subprocess':>14}{'in-process':>14}{'pool/subproc':>14}")
     ratio = 0.0
     for name, corpus in suites:
         def corpus_of(n: int) -> list[str]:
             return [corpus[i % len(corpus)] for i in range(n)]
         pool_codes = corpus_of(args.programs)
+        base_codes = corpus_of(max(2, args.subprocess_programs // (20 if "sympy" in name else 1)))
         # a pool per suite: a worker that has warmed sympy forks slower for every later program
         with Sandbox(workers=args.workers, timeout_s=args.timeout_s) as sb:
             sb.run_many(pool_codes[:4 * args.workers])                      # warm on-demand modules
-            pool = programs_per_s(lambda c: [r.stdout for r in sb.run_many(c)], pool_codes, args.rounds)
-        base_n = max(2, args.subprocess_programs // (20 if "sympy" in name else 1))
-        base = programs_per_s(subprocess_batch(args.workers, args.timeout_s), corpus_of(base_n), args.rounds)
-        local = programs_per_s(in_process_batch(args.timeout_s), pool_codes, args.rounds)
+            sides = {"pool": (lambda c: [r.stdout for r in sb.run_many(c)], pool_codes),
+                     "subprocess": (subprocess_batch(args.workers, args.timeout_s), base_codes),
+                     "in-process": (in_process_batch(args.timeout_s), pool_codes)}
+            rates: dict[str, list[float]] = {side: [] for side in sides}
+            outputs: dict[str, list[str]] = {}
+            for _ in range(args.repeats):
+                for side, (run_batch, codes) in sides.items():
+                    rate, out = timed(run_batch, codes)
+                    rates[side].append(rate)
+                    if outputs.setdefault(side, out) != out:
+                        raise RuntimeError(f"{side}: outputs changed between repeats")
+        n = len(base_codes)
+        if not (outputs["pool"] == outputs["in-process"] and outputs["subprocess"] == outputs["pool"][:n]):
+            raise RuntimeError("the sides printed different outputs for the same programs")
+        pool, base, local = (statistics.median(rates[side]) for side in ("pool", "subprocess", "in-process"))
         ratio = pool / base
         print(f"{name:<22}{pool:>14.1f}{base:>14.1f}{local:>14.1f}{ratio:>13.1f}x")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     print(f"sandbox ratio: {ratio:.1f}")
 
 
