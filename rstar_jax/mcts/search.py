@@ -7,6 +7,9 @@ nodes are scored in ONE PPM call where needed; `expand_and_backup` (device) writ
 A tree that has used its rollouts hands its slot to the next problem of the stream (continuous
 batching). Seeds derive from (seed, problem id, attempt, expansion index), so a tree is the same
 whether it runs alone or among 63 others.
+
+With `mcts.exec_cache` (off unless the config sets it) a tree runs each distinct program text once:
+a step without new code repeats its parent's program, and such repeats reuse the stored result.
 """
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ class SearchStats:
     candidates: int = 0  # sampled
     duplicates: int = 0  # dropped by dedupe
     programs: int = 0  # executed
+    programs_cached: int = 0  # not executed: the same program text already ran in this tree (exec_cache)
     ppm_scored: int = 0
     tokens_decoded: int = 0
     tokens_prefilled: int = 0
@@ -109,6 +113,7 @@ class _Slot:
     started: int = 0
     expansions: int = 0
     rollouts_before: int = 0  # rollouts of earlier attempts (round-4 rule)
+    exec_results: dict[str, Any] = dataclasses.field(default_factory=dict)  # program text -> result (exec_cache)
 
     def path_texts(self, node: int) -> tuple[str, ...]:
         out = []
@@ -161,6 +166,10 @@ class LockstepSearch:
         self.policy, self.cfg, self.sandbox, self.ppm, self.seed = policy, cfg, sandbox, ppm, seed
         self.batch = int(batch or cfg.batch_trees)
         self.width = _max_width(cfg)
+        # mcts.exec_cache (default off when the config lacks it): run each distinct program text once
+        # per tree. A path's program is its ancestors' code plus the step, so a step without new code
+        # repeats its parent's program exactly; programs are deterministic up to time limits.
+        self.exec_cache = bool(cfg.get("exec_cache", False))
         self.stats = SearchStats()
 
     # ----- the stream -----
@@ -290,9 +299,8 @@ class LockstepSearch:
                 children.append(child)
         finals = [ch for ch in children if ch.kind == "code"]
         others = [ch for ch in children if ch.kind in ("step", "answer")]
-        run_final = self.sandbox.submit_many([program(list(paths[ch.slot]) + [ch.text]) for ch in finals])
-        run_other = self.sandbox.submit_many([program(list(paths[ch.slot]) + [ch.text]) for ch in others])
-        self.stats.programs += len(finals) + len(others)
+        run_final = self._submit([(slots[ch.slot], program(list(paths[ch.slot]) + [ch.text])) for ch in finals])
+        run_other = self._submit([(slots[ch.slot], program(list(paths[ch.slot]) + [ch.text])) for ch in others])
         t3 = time.perf_counter()
         self.stats.time_host += (t1 - t0) + (t3 - t2)
         final_results = run_final.result()
@@ -384,6 +392,26 @@ class LockstepSearch:
         self.stats.time_tree += time.perf_counter() - t10
         return tree
 
+    def _submit(self, jobs: list[tuple[_Slot, str]]) -> "_Results":
+        """Sends (tree, program) pairs to the sandbox in one batch. With `mcts.exec_cache`, a program
+        whose exact text this tree already executed is not run again (its stored result is reused),
+        and identical programs within the batch run once; the cache lives as long as the tree."""
+        if not self.exec_cache:
+            self.stats.programs += len(jobs)
+            return _Results(self.sandbox.submit_many([code for _, code in jobs]), list(range(len(jobs))), [])
+        unique: dict[str, int] = {}
+        where: list[int | Any] = []
+        for s, code in jobs:
+            if code in s.exec_results:
+                where.append(s.exec_results[code])
+                self.stats.programs_cached += 1
+            else:
+                where.append(unique.setdefault(code, len(unique)))
+        codes = list(unique)
+        self.stats.programs += len(codes)
+        self.stats.programs_cached += sum(isinstance(w, int) for w in where) - len(codes)
+        return _Results(self.sandbox.submit_many(codes), where, [(s, code) for s, code in jobs])
+
     def _verified(self, ch: _Child, res: Any, slots: list[_Slot | None]) -> bool:
         """Applies a step's execution result (errors, depth); True when it is a final code step to finish."""
         cfg, node = self.cfg, ch.node
@@ -412,6 +440,22 @@ class LockstepSearch:
         stats = {"rollouts": s.rollouts_before + s.started, "expansions": s.expansions, "attempt": s.attempt,
                  "seed": s.tree_seed, "solved": any(n.correct for n in s.nodes)}
         return TreeRecord(str(s.problem.id), s.problem.question, s.problem.answer, nodes, stats)
+
+
+class _Results:
+    """A sandbox batch seen through the search's execution cache: `result()` gives one result per
+    submitted job, in order (entries of `where` are batch positions or results reused from the cache)
+    and, when `jobs` is given, stores each new result in its tree's cache."""
+
+    def __init__(self, handle: Any, where: list, jobs: list[tuple[_Slot, str]]):
+        self.handle, self.where, self.jobs = handle, where, jobs
+
+    def result(self) -> list[Any]:
+        ran = self.handle.result()
+        out = [ran[w] if isinstance(w, int) else w for w in self.where]
+        for (s, code), res in zip(self.jobs, out):
+            s.exec_results.setdefault(code, res)
+        return out
 
 
 def jax_block(tree: T.Tree) -> None:
