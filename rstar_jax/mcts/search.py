@@ -8,8 +8,8 @@ A tree that has used its rollouts hands its slot to the next problem of the stre
 batching). Seeds derive from (seed, problem id, attempt, expansion index), so a tree is the same
 whether it runs alone or among 63 others.
 
-With `mcts.exec_cache` (off unless the config sets it) a tree runs each distinct program text once:
-a step without new code repeats its parent's program, and such repeats reuse the stored result.
+With `mcts.exec_cache` (off unless the config sets it) a search runs each distinct program text once
+(whichever tree asks, alone or in lockstep) and reuses the stored result for repeats.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class SearchStats:
     candidates: int = 0  # sampled
     duplicates: int = 0  # dropped by dedupe
     programs: int = 0  # executed
-    programs_cached: int = 0  # not executed: the same program text already ran in this tree (exec_cache)
+    programs_cached: int = 0  # not executed: the same program text already ran in this search (exec_cache)
     ppm_scored: int = 0
     tokens_decoded: int = 0
     tokens_prefilled: int = 0
@@ -113,7 +113,6 @@ class _Slot:
     started: int = 0
     expansions: int = 0
     rollouts_before: int = 0  # rollouts of earlier attempts (round-4 rule)
-    exec_results: dict[str, Any] = dataclasses.field(default_factory=dict)  # program text -> result (exec_cache)
 
     def path_texts(self, node: int) -> tuple[str, ...]:
         out = []
@@ -167,9 +166,11 @@ class LockstepSearch:
         self.batch = int(batch or cfg.batch_trees)
         self.width = _max_width(cfg)
         # mcts.exec_cache (default off when the config lacks it): run each distinct program text once
-        # per tree. A path's program is its ancestors' code plus the step, so a step without new code
-        # repeats its parent's program exactly; programs are deterministic up to time limits.
+        # per search (`run`), whichever tree asks, alone or in lockstep. A step without new code repeats
+        # its parent's program; steps such as `import math` repeat across trees. Programs are assumed
+        # deterministic (an unseeded random draw is reused, not redrawn).
         self.exec_cache = bool(cfg.get("exec_cache", False))
+        self._exec_results: dict[str, Any] = {}
         self.stats = SearchStats()
 
     # ----- the stream -----
@@ -179,6 +180,7 @@ class LockstepSearch:
         """Searches every problem once; `on_tree` receives each finished tree (in finishing order)."""
         t_start = time.perf_counter()
         B, W = self.batch, self.width
+        self._exec_results = {}
         stream: Iterator[Any] = iter(problems)
         seen: set[str] = set()
         tree = T.init_tree(B, int(self.cfg.max_nodes), W)
@@ -299,8 +301,8 @@ class LockstepSearch:
                 children.append(child)
         finals = [ch for ch in children if ch.kind == "code"]
         others = [ch for ch in children if ch.kind in ("step", "answer")]
-        run_final = self._submit([(slots[ch.slot], program(list(paths[ch.slot]) + [ch.text])) for ch in finals])
-        run_other = self._submit([(slots[ch.slot], program(list(paths[ch.slot]) + [ch.text])) for ch in others])
+        run_final = self._submit([program(list(paths[ch.slot]) + [ch.text]) for ch in finals])
+        run_other = self._submit([program(list(paths[ch.slot]) + [ch.text]) for ch in others])
         t3 = time.perf_counter()
         self.stats.time_host += (t1 - t0) + (t3 - t2)
         final_results = run_final.result()
@@ -392,25 +394,23 @@ class LockstepSearch:
         self.stats.time_tree += time.perf_counter() - t10
         return tree
 
-    def _submit(self, jobs: list[tuple[_Slot, str]]) -> "_Results":
-        """Sends (tree, program) pairs to the sandbox in one batch. With `mcts.exec_cache`, a program
-        whose exact text this tree already executed is not run again (its stored result is reused),
-        and identical programs within the batch run once; the cache lives as long as the tree."""
+    def _submit(self, codes: list[str]) -> "_Results":
+        """Sends programs to the sandbox in one batch. With `mcts.exec_cache`, a program whose exact
+        text already ran in this search is not run again (its stored result is reused), and identical
+        programs within the batch run once."""
         if not self.exec_cache:
-            self.stats.programs += len(jobs)
-            return _Results(self.sandbox.submit_many([code for _, code in jobs]), list(range(len(jobs))), [])
+            self.stats.programs += len(codes)
+            return _Results(self.sandbox.submit_many(codes), list(range(len(codes))), [], None)
         unique: dict[str, int] = {}
         where: list[int | Any] = []
-        for s, code in jobs:
-            if code in s.exec_results:
-                where.append(s.exec_results[code])
-                self.stats.programs_cached += 1
+        for code in codes:
+            if code in self._exec_results:
+                where.append(self._exec_results[code])
             else:
                 where.append(unique.setdefault(code, len(unique)))
-        codes = list(unique)
-        self.stats.programs += len(codes)
-        self.stats.programs_cached += sum(isinstance(w, int) for w in where) - len(codes)
-        return _Results(self.sandbox.submit_many(codes), where, [(s, code) for s, code in jobs])
+        self.stats.programs += len(unique)
+        self.stats.programs_cached += len(codes) - len(unique)
+        return _Results(self.sandbox.submit_many(list(unique)), where, codes, self._exec_results)
 
     def _verified(self, ch: _Child, res: Any, slots: list[_Slot | None]) -> bool:
         """Applies a step's execution result (errors, depth); True when it is a final code step to finish."""
@@ -444,17 +444,18 @@ class LockstepSearch:
 
 class _Results:
     """A sandbox batch seen through the search's execution cache: `result()` gives one result per
-    submitted job, in order (entries of `where` are batch positions or results reused from the cache)
-    and, when `jobs` is given, stores each new result in its tree's cache."""
+    submitted program, in order (entries of `where` are batch positions or results reused from the
+    cache) and stores the new results in `cache` (when given)."""
 
-    def __init__(self, handle: Any, where: list, jobs: list[tuple[_Slot, str]]):
-        self.handle, self.where, self.jobs = handle, where, jobs
+    def __init__(self, handle: Any, where: list, codes: list[str], cache: dict[str, Any] | None):
+        self.handle, self.where, self.codes, self.cache = handle, where, codes, cache
 
     def result(self) -> list[Any]:
         ran = self.handle.result()
         out = [ran[w] if isinstance(w, int) else w for w in self.where]
-        for (s, code), res in zip(self.jobs, out):
-            s.exec_results.setdefault(code, res)
+        if self.cache is not None:
+            for code, res in zip(self.codes, out):
+                self.cache.setdefault(code, res)
         return out
 
 

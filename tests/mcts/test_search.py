@@ -185,5 +185,11 @@ def test_exec_cache_gives_the_same_trees_and_runs_each_program_once(sandbox):
     # The toy teacher too (dedupe by code, lockstep): the same trees with and without the cache.
     toy = toyworld.generate_problems(6, seed=5, levels=(1, 2, 3))
     a, _ = run(toy_policy(), toy, make_cfg(rollouts=4, num_children=3, dedupe="code"), sandbox, seed=2)
-    b, _ = run(toy_policy(), toy, make_cfg(rollouts=4, num_children=3, dedupe="code", exec_cache=True), sandbox, seed=2)
+    b, sb = run(toy_policy(), toy, make_cfg(rollouts=4, num_children=3, dedupe="code", exec_cache=True), sandbox, seed=2)
     assert {t.problem_id: strip(t) for t in a} == {t.problem_id: strip(t) for t in b}
+    # The cache is per search: one tree at a time reuses exactly as much as lockstep does.
+    c, sc = run(toy_policy(), toy, make_cfg(rollouts=4, num_children=3, dedupe="code", exec_cache=True,
+                                            batch_trees=1), sandbox, seed=2)
+    assert {t.problem_id: strip(t) for t in c} == {t.problem_id: strip(t) for t in b}
+    assert sc.programs + sc.programs_cached == sb.programs + sb.programs_cached
+    assert abs(sc.programs - sb.programs) <= 2  # only a final and a plain step with equal code can differ
