@@ -5,7 +5,8 @@ solutions (cached under --workdir, so only the first run pays for it): it writes
 the duplicates and mistakes of a small model, which is what the search is built for. Both sides
 search with the real sandbox and grader. Prints rollouts/s for both sides, the share of wall time in
 decoding / code execution / tree updates / host glue, prompt tokens prefilled per generated token,
-and, last, `mcts ratio: X` (lockstep / one-at-a-time rollouts/s).
+programs executed and answered from the execution cache (mcts.exec_cache, on for both sides unless
+--no-exec-cache), and, last, `mcts ratio: X` (lockstep / one-at-a-time rollouts/s).
 
     .venv/bin/python benchmarks/bench_mcts.py [--batch 64 --problems 64 --rollouts 4 --n 4 --variants]
 """
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Measure the checkout this file is in (a worktree), not whatever rstar_jax is installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_policy(workdir: str, seed: int):
@@ -72,7 +76,7 @@ def row(name: str, stats) -> str:
     decode_rate = stats.tokens_decoded / max(stats.time_decode, 1e-9)
     return (f"{name:<15} {stats.problems:4d} {stats.rollouts:6d} {total:8.1f} {stats.rollouts / total:9.3f} {shares} "
             f"{prefill:8.2f} {decode_rate:8.0f} {stats.programs:6d} {stats.candidates:6d} "
-            f"{100 * stats.duplicates / max(stats.candidates, 1):5.1f}%")
+            f"{100 * stats.duplicates / max(stats.candidates, 1):5.1f}% {stats.programs_cached:6d}")
 
 
 def main() -> None:
@@ -84,6 +88,8 @@ def main() -> None:
     ap.add_argument("--rollouts", type=int, default=4)
     ap.add_argument("--n", type=int, default=4, help="candidates per expansion")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per side (the table shows medians)")
+    ap.add_argument("--no-exec-cache", dest="exec_cache", action="store_false",
+                    help="execute every program, even one this tree already ran (mcts.exec_cache off on both sides)")
     ap.add_argument("--variants", action="store_true",
                     help="also run the lockstep side with code dedupe, without prefix sharing, and with width [n, 2]")
     args = ap.parse_args()
@@ -96,7 +102,8 @@ def main() -> None:
     model, tok = tiny_policy(args.workdir, args.seed)
     problems = toyworld.generate_problems(args.problems, seed=args.seed + 1, levels=(1, 2, 3, 4))
     cfg = mcts_config()
-    cfg.update(rollouts=args.rollouts, num_children=args.n, max_step_tokens=32, errors_threshold=2, max_nodes=256)
+    cfg.update(rollouts=args.rollouts, num_children=args.n, max_step_tokens=32, errors_threshold=2, max_nodes=256,
+               exec_cache=args.exec_cache)  # the same on both sides
 
     sides = [("lockstep", cfg, problems, args.batch), ("one-at-a-time", cfg, problems, 1)]
     if args.variants:
@@ -123,7 +130,8 @@ def main() -> None:
     print(f"tiny LM policy, {args.rollouts} rollouts/problem, n={args.n}, lockstep B={args.batch}; "
           f"median of {args.repeats} run(s) per side")
     print(f"{'side':<15} {'prob':>4} {'rollouts':>6} {'wall s':>8} {'rollout/s':>9} "
-          + " ".join(f"{n:>6}" for n, _ in SHARES) + f" {'pre/gen':>8} {'dec tok/s':>8} {'progs':>6} {'cands':>6} {'dups':>6}")
+          + " ".join(f"{n:>6}" for n, _ in SHARES) + f" {'pre/gen':>8} {'dec tok/s':>8} {'progs':>6} {'cands':>6} {'dups':>6} {'cached':>6}")
+    print(f"exec_cache={cfg.exec_cache} (both sides): 'progs' ran in the sandbox, 'cached' reused a result")
     for name, stats in results.items():
         print(row(name, stats))
     lock, serial = results["lockstep"], results["one-at-a-time"]

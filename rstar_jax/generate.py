@@ -24,7 +24,8 @@ from absl import logging
 from flax import nnx
 
 from rstar_jax import sharding
-from rstar_jax.models.qwen2 import Qwen2ForCausalLM
+from rstar_jax.models.qwen2 import _MASKED, Qwen2ForCausalLM, rms_norm
+from rstar_jax.sharding import BATCH, constrain
 
 COMPILES: list[tuple] = []  # one entry per traced program: (name, shape key); tests and logs read it
 ROW_REUSE = 4  # a call may run in an already compiled row bucket up to this many times its own
@@ -70,32 +71,80 @@ def row_bucket(rows: int, shape: tuple, shards: int = 1) -> int:
 # ---------------------------------------------------------------- sampling (pure, per row)
 
 
+TOP_P_CANDIDATES = 32  # top-p looks for its cut among this many best tokens first (a full sort only when needed)
+
+
+def _top_p_threshold(desc: jax.Array, scaled: jax.Array, top_k: jax.Array, top_p: jax.Array):
+    """Smallest logit kept by top-k then top-p, from `desc` = the best logits in descending order
+    (all of them, or only the first few); also whether that answer is exact (the cut fell inside
+    `desc`, or top-k already stops there). The softmax normaliser always covers every top-k token."""
+    v, width = scaled.shape[-1], desc.shape[-1]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+    in_k = jnp.arange(width)[None] < k[:, None]
+    top = desc[:, :1]
+    z = jnp.sum(jnp.where(in_k, jnp.exp(desc - top), 0.0), axis=-1, keepdims=True)
+    if width < v:  # without top-k (or with one past `desc`) the normaliser spans the whole vocabulary
+        z = jnp.where((k <= width)[:, None], z, jnp.sum(jnp.exp(scaled - top), axis=-1, keepdims=True))
+    probs = jnp.where(in_k, jnp.exp(desc - top) / z, 0.0)
+    keep = ((jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]) & in_k  # always keeps the best token
+    kept = jnp.sum(keep, axis=-1)
+    threshold = jnp.take_along_axis(desc, (kept - 1)[:, None], axis=-1)
+    # exact: top-k stops inside `desc`, or (no top-k) top-p stops inside it
+    exact = (k <= width) | ((top_k == 0) & (kept < width))
+    return threshold, exact
+
+
+def _cut(logits: jax.Array, top_k: jax.Array, top_p: jax.Array):
+    """(threshold [B, 1], best [B, W] logits descending, their token ids [B, W]) for top-k then top-p:
+    a token is kept iff its logit >= threshold.
+
+    The cut is looked for among the W = TOP_P_CANDIDATES best logits (`lax.top_k`, cheap); only when
+    some row's cut lies beyond them (a flat distribution, or top-k larger than W) is the full
+    vocabulary sorted, and only those rows take its answer. Which path a row takes depends on that
+    row alone, so results never depend on the batch."""
+    v = logits.shape[-1]
+    width = min(TOP_P_CANDIDATES, v)
+    # The barriers keep XLA (CPU) from turning top_k into a full sort when fusing it with its users.
+    best, ids = jax.lax.optimization_barrier(jax.lax.top_k(jax.lax.optimization_barrier(logits), width))
+    threshold, exact = _top_p_threshold(best, logits, top_k, top_p)
+    if width < v:
+        full = lambda: _top_p_threshold(-jnp.sort(-logits, axis=-1), logits, top_k, top_p)[0]
+        slow = jax.lax.cond(jnp.all(exact), lambda: threshold, full)
+        threshold = jnp.where(exact[:, None], threshold, slow)
+    return threshold, best, ids
+
+
 def mask_top_k_top_p(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
     """Keeps the `top_k` largest logits (0 = all) and, of those, the smallest set whose probability
     reaches `top_p`; the rest become -inf. logits [B, V], top_k/top_p [B]."""
-    v = logits.shape[-1]
-    desc = -jnp.sort(-logits, axis=-1)
-    k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
-    in_k = jnp.arange(v)[None] < k[:, None]
-    desc = jnp.where(in_k, desc, -jnp.inf)
-    probs = jax.nn.softmax(desc, axis=-1)
-    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]  # always keeps the best token
-    kept = jnp.sum(keep & in_k, axis=-1)
-    threshold = jnp.take_along_axis(desc, (kept - 1)[:, None], axis=-1)
+    threshold = _cut(logits, top_k, top_p)[0]
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
 def sample(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
            top_p: jax.Array) -> jax.Array:
     """Next token per row: argmax where temperature == 0, else a draw from softmax(logits / T)
-    restricted by top-k / top-p. Each row uses only its own key."""
+    restricted by top-k / top-p. Each row uses only its own key.
+
+    A row whose kept tokens all lie among its TOP_P_CANDIDATES best draws among those alone (the same
+    distribution, a 16x smaller draw); other rows draw over the whole masked vocabulary."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    categorical = jax.vmap(jax.random.categorical)
 
     def draw(_):
         scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+
+        def masked_draw(_):
+            threshold, best, ids = _cut(scaled, top_k, top_p)
+            narrow = threshold[:, 0] > best[:, -1]  # nothing outside `best` reaches the threshold
+            j = categorical(keys, jnp.where(best >= threshold, best, -jnp.inf))
+            tok = jnp.take_along_axis(ids, j[:, None], axis=-1)[:, 0]
+            wide = lambda: categorical(keys, jnp.where(scaled >= threshold, scaled, -jnp.inf))
+            other = jax.lax.cond(jnp.all(narrow), lambda: tok, wide)
+            return jnp.where(narrow, tok, other).astype(jnp.int32)
+
         needs_mask = jnp.any((top_k > 0) | (top_p < 1.0))
-        masked = jax.lax.cond(needs_mask, lambda s: mask_top_k_top_p(s, top_k, top_p), lambda s: s, scaled)
-        drawn = jax.vmap(jax.random.categorical)(keys, masked).astype(jnp.int32)
+        drawn = jax.lax.cond(needs_mask, masked_draw, lambda _: categorical(keys, scaled).astype(jnp.int32), None)
         return jnp.where(temperature > 0, drawn, greedy)
 
     return jax.lax.cond(jnp.any(temperature > 0), draw, lambda _: greedy, None)
@@ -109,30 +158,82 @@ def _log_compile(name: str, key: tuple) -> None:
     logging.info("generate: compiling %s for %s (%d programs so far)", name, key, len(COMPILES))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n", "max_new"))
-def _prefill(graphdef, state, ids, positions, seeds, n: int, max_new: int):
-    """Prefill of [B, P] left-padded prompts into a cache of P + max_new slots, repeated n times
-    (prompt-major); returns the last-position logits, the cache and the PRNG key of each of the B*n
-    rows: key(seed of its prompt; seeds [B, 2] = low, high 32 bits) folded with its sample index."""
-    _log_compile("prefill", (ids.shape, n, max_new))
+@functools.partial(jax.jit, static_argnames=("graphdef", "n"))
+def _prefill(graphdef, state, ids, positions, seeds, n: int):
+    """Prefill of [B, P] left-padded prompts. Returns the last-position logits of each of the B*n rows
+    (prompt-major), the prompt cache ONCE per prompt (keys/values per layer as [B, kv_heads, P,
+    head_dim], the layout decode attention reads without a transpose, and which slots hold tokens),
+    and the PRNG key of each row: key(seed of its prompt; seeds [B, 2] = low, high 32 bits) folded
+    with its sample index. The n samples of a prompt read its cache in place, never a copy of it."""
+    _log_compile("prefill", (ids.shape, n))
     model = nnx.merge(graphdef, state)
     b, p = ids.shape
-    cache = model.init_cache(b, p + max_new)
+    cache = model.init_cache(b, p)
     logits, cache = model.forward_cached(ids, positions, cache, 0, last_only=True)
     # Tree-structured prefix reuse plugs in here: instead of prefilling from slot 0, start from a
     # node's stored cache slice and prefill only the tokens it adds.
+    to_heads = lambda x: jnp.transpose(x, (0, 2, 1, 3))
+    prompt = dict(k=[to_heads(k) for k in cache.k], v=[to_heads(v) for v in cache.v], visible=cache.pos >= 0)
     rep = lambda x: jnp.repeat(x, n, axis=0)
     base = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s[0]), s[1]))(seeds)
     keys = jax.vmap(jax.random.fold_in)(rep(base), jnp.tile(jnp.arange(n), b))
-    return rep(logits), jax.tree.map(rep, cache), keys
+    return rep(logits), prompt, keys
+
+
+def _attend_shared(q, prompt_k, prompt_v, prompt_visible, new_k, new_v, step):
+    """Attention of one new token per row over its prompt's cache (shared by the prompt's n rows)
+    and the row's own new tokens (slots 0..step), as one softmax over both parts.
+
+    q [R, 1, H, D] with R = B * n rows, prompt-major; prompt_k/v [B, K, P, D]; prompt_visible [B, P];
+    new_k/v [R, K, T, D] (slot `step` already written). Returns [R, 1, H, D]."""
+    r, _, h, d = q.shape
+    b, kv, _, _ = prompt_k.shape
+    n, g, t = r // b, h // kv, new_k.shape[2]
+    scale = d ** -0.5
+    q_shared = q.reshape(b, n, kv, g, d)
+    s1 = jnp.einsum("bnkgd,bksd->bnkgs", q_shared, prompt_k, preferred_element_type=jnp.float32) * scale
+    s1 = jnp.where(prompt_visible[:, None, None, None, :], s1, _MASKED)
+    s2 = jnp.einsum("rkgd,rksd->rkgs", q.reshape(r, kv, g, d), new_k, preferred_element_type=jnp.float32) * scale
+    s2 = jnp.where(jnp.arange(t) <= step, s2, _MASKED).reshape(b, n, kv, g, t)
+    top = jnp.maximum(jnp.max(s1, axis=-1, keepdims=True), jnp.max(s2, axis=-1, keepdims=True))
+    e1, e2 = jnp.exp(s1 - top), jnp.exp(s2 - top)
+    z = jnp.sum(e1, axis=-1, keepdims=True) + jnp.sum(e2, axis=-1, keepdims=True)
+    p1, p2 = (e1 / z).astype(prompt_v.dtype), (e2 / z).astype(new_v.dtype)
+    o = jnp.einsum("bnkgs,bksd->bnkgd", p1, prompt_v).reshape(r, kv, g, d)
+    o = o + jnp.einsum("rkgs,rksd->rkgd", p2.reshape(r, kv, g, t), new_v)
+    return o.reshape(r, 1, h, d).astype(q.dtype)
+
+
+def _decode_forward(model: Qwen2ForCausalLM, tok, positions, prompt: dict, new_k: list, new_v: list, step):
+    """The model's forward for one new token per row (its own blocks, norms and head), with the
+    shared-prompt attention above. Returns fp32 logits [R, V] and the new-token caches with this
+    token's keys/values written at slot `step`."""
+    cfg, dtype, backbone = model.config, model.dtype, model.model
+    x = constrain(jnp.take(backbone.embed[...], tok[:, None], axis=0).astype(dtype), (BATCH, "length", "embed"))
+    ks, vs = [], []
+    for i, block in enumerate(backbone.layers):
+        h = rms_norm(x, block.input_norm[...], cfg.rms_norm_eps)
+        q, k, v = block.attn.qkv(h, positions[:, None], cfg.rope_theta)
+        to_heads = lambda a, like: jnp.transpose(a, (0, 2, 1, 3)).astype(like.dtype)
+        nk = jax.lax.dynamic_update_slice(new_k[i], to_heads(k, new_k[i]), (0, 0, step, 0))
+        nv = jax.lax.dynamic_update_slice(new_v[i], to_heads(v, new_v[i]), (0, 0, step, 0))
+        ks.append(nk)
+        vs.append(nv)
+        o = _attend_shared(q, prompt["k"][i].astype(dtype), prompt["v"][i].astype(dtype), prompt["visible"],
+                           nk.astype(dtype), nv.astype(dtype), step)
+        x = x + block.attn.out(o)
+        x = x + block.mlp(rms_norm(x, block.post_norm[...], cfg.rms_norm_eps))
+        x = constrain(x, (BATCH, "length", "embed"))
+    h = rms_norm(x, backbone.norm[...], cfg.rms_norm_eps)
+    return model.logits(h[:, -1]), ks, vs
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("carry",))
-def _decode(graphdef, state, carry: dict, stop_ids, temperature, top_k, top_p, until):
-    """Runs the decode loop from carry["step"] until step == `until` or every row is done."""
-    _log_compile("decode", (carry["tokens"].shape, carry["cache"].length))
+def _decode(graphdef, state, carry: dict, prompt: dict, stop_ids, temperature, top_k, top_p, until):
+    """Runs the decode loop from carry["step"] until step == `until` or every row is done; exits as
+    soon as every row has stopped (no step is spent on finished batches)."""
+    _log_compile("decode", (carry["tokens"].shape, prompt["visible"].shape))
     model = nnx.merge(graphdef, state)
-    prompt_slots = carry["cache"].length - carry["tokens"].shape[1]
 
     def cond(c):
         return (c["step"] < until) & ~jnp.all(c["done"])
@@ -148,10 +249,11 @@ def _decode(graphdef, state, carry: dict, stop_ids, temperature, top_k, top_p, u
         tokens = jax.lax.dynamic_update_slice(c["tokens"], tok[:, None], (0, step))
         hit = ~c["done"] & jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
         done = c["done"] | hit
-        pos = jnp.where(done & ~hit, -1, c["prompt_len"] + step)[:, None]
-        logits, cache = model.forward_cached(tok[:, None], pos, c["cache"], prompt_slots + step, last_only=True)
+        # Rows already done compute garbage from here on; nothing of it is read.
+        logits, new_k, new_v = _decode_forward(model, tok, c["prompt_len"] + step, prompt, c["new_k"], c["new_v"],
+                                               step)
         return dict(c, step=step + 1, tokens=tokens, done=done, length=length, logps=logps,
-                    logits=logits, cache=cache, stopped=c["stopped"] | hit)
+                    logits=logits, new_k=new_k, new_v=new_v, stopped=c["stopped"] | hit)
 
     return jax.lax.while_loop(cond, body, carry)
 
@@ -196,6 +298,8 @@ class Generator:
         self.mesh = mesh
         self.state = jax.device_put(state, sharding.state_shardings(state, mesh)) if mesh is not None else state
         self.vocab_size = model.config.vocab_size
+        self._layers, self._kv_heads = model.config.num_hidden_layers, model.config.num_key_value_heads
+        self._head_dim, self._kv_dtype = model.config.head_dim, model.dtype
         self.stop_check_every = stop_check_every
         self.min_prompt_bucket = min_prompt_bucket
         self.min_new_bucket = min_new_bucket
@@ -250,14 +354,18 @@ class Generator:
         seed_words[:b, 0] = [s & 0xFFFFFFFF for s in seeds]
         seed_words[:b, 1] = [(s >> 32) & 0xFFFFFFFF for s in seeds]
         with self._mesh_context():
-            logits, cache, keys = _prefill(self.graphdef, self.state, self._put(ids), self._put(positions),
-                                           self._put(seed_words), n, new_pad)
+            logits, prompt, keys = _prefill(self.graphdef, self.state, self._put(ids), self._put(positions),
+                                            self._put(seed_words), n)
+        # Each row's own tokens get their own small cache [rows, kv_heads, new_pad, head_dim] per layer.
+        kv_shape = (b_pad * n, self._kv_heads, new_pad, self._head_dim)
+        new_cache = lambda: [self._put(np.zeros(kv_shape, self._kv_dtype)) for _ in range(self._layers)]
+        new_k, new_v = new_cache(), new_cache()
         rows = b_pad * n
         done = np.zeros(rows, bool)
         done[b * n:] = True
         carry = dict(step=jnp.int32(0), tokens=self._put(np.zeros((rows, new_pad), np.int32)), done=self._put(done),
                      stopped=self._put(np.zeros(rows, bool)), length=self._put(np.zeros(rows, np.int32)),
-                     logps=self._put(np.zeros((rows, new_pad), np.float32)), logits=logits, cache=cache,
+                     logps=self._put(np.zeros((rows, new_pad), np.float32)), logits=logits, new_k=new_k, new_v=new_v,
                      prompt_len=self._put(np.repeat(lens, n)), keys=keys)
         stop_ids = jnp.asarray(list(stop_token_ids) or [-1], jnp.int32)
         row = lambda x, dt: self._put(np.full(rows, x, dt))
@@ -267,7 +375,7 @@ class Generator:
         while True:
             until = min(int(carry["step"]) + chunk, max_new_tokens)
             with self._mesh_context():
-                carry = _decode(self.graphdef, self.state, carry, stop_ids, temp, tk, tp, jnp.int32(until))
+                carry = _decode(self.graphdef, self.state, carry, prompt, stop_ids, temp, tk, tp, jnp.int32(until))
             host = jax.device_get({k: carry[k] for k in ("tokens", "done", "length")})
             if stop_strings:
                 newly = self._stop_string_hits(host, b * n, cut, decode_fn, stop_strings)

@@ -7,6 +7,9 @@ nodes are scored in ONE PPM call where needed; `expand_and_backup` (device) writ
 A tree that has used its rollouts hands its slot to the next problem of the stream (continuous
 batching). Seeds derive from (seed, problem id, attempt, expansion index), so a tree is the same
 whether it runs alone or among 63 others.
+
+With `mcts.exec_cache` (off unless the config sets it) a search runs each distinct program text once
+(whichever tree asks, alone or in lockstep) and reuses the stored result for repeats.
 """
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ class SearchStats:
     candidates: int = 0  # sampled
     duplicates: int = 0  # dropped by dedupe
     programs: int = 0  # executed
+    programs_cached: int = 0  # not executed: the same program text already ran in this search (exec_cache)
     ppm_scored: int = 0
     tokens_decoded: int = 0
     tokens_prefilled: int = 0
@@ -161,6 +165,12 @@ class LockstepSearch:
         self.policy, self.cfg, self.sandbox, self.ppm, self.seed = policy, cfg, sandbox, ppm, seed
         self.batch = int(batch or cfg.batch_trees)
         self.width = _max_width(cfg)
+        # mcts.exec_cache (default off when the config lacks it): run each distinct program text once
+        # per search (`run`), whichever tree asks, alone or in lockstep. A step without new code repeats
+        # its parent's program; steps such as `import math` repeat across trees. Programs are assumed
+        # deterministic (an unseeded random draw is reused, not redrawn).
+        self.exec_cache = bool(cfg.get("exec_cache", False))
+        self._exec_results: dict[str, Any] = {}
         self.stats = SearchStats()
 
     # ----- the stream -----
@@ -170,6 +180,7 @@ class LockstepSearch:
         """Searches every problem once; `on_tree` receives each finished tree (in finishing order)."""
         t_start = time.perf_counter()
         B, W = self.batch, self.width
+        self._exec_results = {}
         stream: Iterator[Any] = iter(problems)
         seen: set[str] = set()
         tree = T.init_tree(B, int(self.cfg.max_nodes), W)
@@ -290,9 +301,8 @@ class LockstepSearch:
                 children.append(child)
         finals = [ch for ch in children if ch.kind == "code"]
         others = [ch for ch in children if ch.kind in ("step", "answer")]
-        run_final = self.sandbox.submit_many([program(list(paths[ch.slot]) + [ch.text]) for ch in finals])
-        run_other = self.sandbox.submit_many([program(list(paths[ch.slot]) + [ch.text]) for ch in others])
-        self.stats.programs += len(finals) + len(others)
+        run_final = self._submit([program(list(paths[ch.slot]) + [ch.text]) for ch in finals])
+        run_other = self._submit([program(list(paths[ch.slot]) + [ch.text]) for ch in others])
         t3 = time.perf_counter()
         self.stats.time_host += (t1 - t0) + (t3 - t2)
         final_results = run_final.result()
@@ -384,6 +394,24 @@ class LockstepSearch:
         self.stats.time_tree += time.perf_counter() - t10
         return tree
 
+    def _submit(self, codes: list[str]) -> "_Results":
+        """Sends programs to the sandbox in one batch. With `mcts.exec_cache`, a program whose exact
+        text already ran in this search is not run again (its stored result is reused), and identical
+        programs within the batch run once."""
+        if not self.exec_cache:
+            self.stats.programs += len(codes)
+            return _Results(self.sandbox.submit_many(codes), list(range(len(codes))), [], None)
+        unique: dict[str, int] = {}
+        where: list[int | Any] = []
+        for code in codes:
+            if code in self._exec_results:
+                where.append(self._exec_results[code])
+            else:
+                where.append(unique.setdefault(code, len(unique)))
+        self.stats.programs += len(unique)
+        self.stats.programs_cached += len(codes) - len(unique)
+        return _Results(self.sandbox.submit_many(list(unique)), where, codes, self._exec_results)
+
     def _verified(self, ch: _Child, res: Any, slots: list[_Slot | None]) -> bool:
         """Applies a step's execution result (errors, depth); True when it is a final code step to finish."""
         cfg, node = self.cfg, ch.node
@@ -412,6 +440,23 @@ class LockstepSearch:
         stats = {"rollouts": s.rollouts_before + s.started, "expansions": s.expansions, "attempt": s.attempt,
                  "seed": s.tree_seed, "solved": any(n.correct for n in s.nodes)}
         return TreeRecord(str(s.problem.id), s.problem.question, s.problem.answer, nodes, stats)
+
+
+class _Results:
+    """A sandbox batch seen through the search's execution cache: `result()` gives one result per
+    submitted program, in order (entries of `where` are batch positions or results reused from the
+    cache) and stores the new results in `cache` (when given)."""
+
+    def __init__(self, handle: Any, where: list, codes: list[str], cache: dict[str, Any] | None):
+        self.handle, self.where, self.codes, self.cache = handle, where, codes, cache
+
+    def result(self) -> list[Any]:
+        ran = self.handle.result()
+        out = [ran[w] if isinstance(w, int) else w for w in self.where]
+        if self.cache is not None:
+            for code, res in zip(self.codes, out):
+                self.cache.setdefault(code, res)
+        return out
 
 
 def jax_block(tree: T.Tree) -> None:

@@ -165,3 +165,31 @@ def test_bad_problems_are_named(sandbox):
         run(ScriptedPolicy(two_branches), [problem("a"), problem("a")], make_cfg(), sandbox)
     with pytest.raises(InputError, match="problem #1.*question"):
         run(ScriptedPolicy(two_branches), [problem("a", question="  ")], make_cfg(), sandbox)
+
+
+def test_exec_cache_gives_the_same_trees_and_runs_each_program_once(sandbox):
+    # A step without new code repeats its parent's program exactly; the cache must answer it.
+    def policy_fn(p, steps, n, rng):
+        if len(steps) >= 2:
+            return ["print(5)\n<end_of_code>", "print(4)\n<end_of_code>"]
+        return [f"x{len(steps)} = {rng.integers(0, 3)}\n<end_of_step>", "# think first\n<end_of_step>"]
+
+    problems = toyworld.generate_problems(5, seed=4, levels=(1, 2))
+    cfg = make_cfg(rollouts=6, num_children=2, random_ties=True)
+    plain, s0 = run(ScriptedPolicy(policy_fn), problems, cfg, sandbox, seed=3)
+    cached_cfg = make_cfg(rollouts=6, num_children=2, random_ties=True, exec_cache=True)
+    cached, s1 = run(ScriptedPolicy(policy_fn), problems, cached_cfg, sandbox, seed=3)
+    assert {t.problem_id: strip(t) for t in cached} == {t.problem_id: strip(t) for t in plain}
+    assert s0.programs_cached == 0 and s1.programs_cached > 0
+    assert s1.programs + s1.programs_cached == s0.programs
+    # The toy teacher too (dedupe by code, lockstep): the same trees with and without the cache.
+    toy = toyworld.generate_problems(6, seed=5, levels=(1, 2, 3))
+    a, _ = run(toy_policy(), toy, make_cfg(rollouts=4, num_children=3, dedupe="code"), sandbox, seed=2)
+    b, sb = run(toy_policy(), toy, make_cfg(rollouts=4, num_children=3, dedupe="code", exec_cache=True), sandbox, seed=2)
+    assert {t.problem_id: strip(t) for t in a} == {t.problem_id: strip(t) for t in b}
+    # The cache is per search: one tree at a time reuses exactly as much as lockstep does.
+    c, sc = run(toy_policy(), toy, make_cfg(rollouts=4, num_children=3, dedupe="code", exec_cache=True,
+                                            batch_trees=1), sandbox, seed=2)
+    assert {t.problem_id: strip(t) for t in c} == {t.problem_id: strip(t) for t in b}
+    assert sc.programs + sc.programs_cached == sb.programs + sb.programs_cached
+    assert abs(sc.programs - sb.programs) <= 2  # only a final and a plain step with equal code can differ
