@@ -78,6 +78,7 @@ def mcts_config() -> config_dict.ConfigDict:
             "temperature": 0.7,
             "top_p": 0.95,
             "top_k": 0,  # 0 = off
+            "exec_cache": False,  # run each distinct program text once per search (programs are assumed deterministic)
             "share_prefix": True,  # LM policy: one prompt row with n samples (one prefill per expansion) vs n copies
             # Selection and values.
             "c_puct": 2.0,  # UCT exploration constant

@@ -20,7 +20,8 @@ def get_config():
                        num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=True,
                        max_position_embeddings=512)
     config.pretrain = base.train_config()
-    _small_training(config.pretrain, lr=5e-3, epochs=6)
+    _small_training(config.pretrain, lr=5e-3, epochs=8)
+    config.pretrain.eval_fraction = 0.0  # the base is judged on the held-out problems; every teacher example trains
     _small_training(config.train, lr=2e-3, epochs=6)
     _small_training(config.ppm_train, lr=1e-3, epochs=2)
     config.max_pool_problems, config.max_heldout_problems = 0, 100
@@ -31,6 +32,7 @@ def get_config():
     m = config.mcts
     m.batch_trees, m.num_children, m.max_step_tokens, m.max_nodes = 128, 4, 48, 128
     m.temperature, m.top_p, m.dedupe = 1.0, 1.0, "code"
+    m.exec_cache = True  # toy programs are deterministic integer arithmetic
     for r in (1, 2, 3, 4):
         config[f"round{r}"].rollouts = 4
     config.round4.extra_rollouts = [8]
