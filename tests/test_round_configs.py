@@ -89,7 +89,7 @@ def test_rounds_one_to_four_then_eval_run_in_one_workdir(tiny_base, tmp_path):
     done = json.loads((wd / "round_4/search/DONE.json").read_text())
     assert done["rollouts"] >= 4 + (4 - done["solved"])
     report = json.loads((wd / "report.json").read_text())
-    assert [x["round"] for x in report["rounds"]] == [1, 2, 3, 4]  # the report covers every finished round
+    assert [x["round"] for x in report["rounds"]] == [0, 1, 2, 3, 4]  # round1 also evaluates the base
     final = json.loads((wd / "round_4/eval/DONE.json").read_text())
     assert final["mcts_ppm"] is not None and final["majority"] is not None
     r = _launch("eval", tmp_path / "eval", *TINY, f"--config.eval_problems={d}/heldout.jsonl",
