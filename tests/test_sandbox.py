@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from procs import alive
 from rstar_jax.sandbox import BatchHandle, ExecResult, Sandbox, cap_output
 
 SECRET_VAR = "RSTAR_SANDBOX_TEST_SECRET"
@@ -253,7 +254,7 @@ def test_child_left_running_is_killed(sb):
     assert r.error is None, r
     pids = [int(x) for x in r.stdout.split()]
     for pid in pids:
-        assert not _alive(pid), f"process {pid} outlived its program"
+        assert not alive(pid), f"process {pid} outlived its program"
 
 
 def test_bounded_fork_bomb(sb):
@@ -337,21 +338,13 @@ def test_close_fails_queued_programs_and_refuses_new_ones():
     assert pool.worker_pids() == []
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _processes_of_uids_left(sb: Sandbox) -> list[int]:
     uids = {s.uid for s in sb._slots if s.uid is not None}
     left = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.stat(f"/proc/{entry}").st_uid in uids and _alive(int(entry)):
+                if os.stat(f"/proc/{entry}").st_uid in uids and alive(int(entry)):
                     left.append(int(entry))
             except FileNotFoundError:
                 pass

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from procs import alive, children
 from rstar_jax.sandbox import Sandbox
 
 
@@ -82,19 +83,6 @@ def test_leftovers_invisible_to_next_program_in_same_worker(sb):
     assert [r.stdout for r in results] == ["[] [False, False, False] 448 ['dir', 'rstar_sb_left.txt']\n"] * 6, results
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("layers", ["os_layers", "deny_layer"])
 def test_hung_worker_mid_batch(monkeypatch, layers):
     # a worker that stops answering: the pool's backstop kills the program it had started (found through the
@@ -107,14 +95,14 @@ def test_hung_worker_mid_batch(monkeypatch, layers):
         codes = ["import time\ntime.sleep(0.3)\nprint(0)", "import time\ntime.sleep(30)", "print(2)", "print(3)"]
         batch = pool.submit_many(codes)
         time.sleep(1.0)
-        program = _children(worker)
+        program = children(worker)
         assert len(program) == 1
         os.kill(worker, signal.SIGSTOP)
         results = batch.result(timeout=30)
         assert results[0].stdout == "0\n"
         assert results[1].timed_out and "worker unresponsive" in results[1].error, results[1]
         assert [(r.stdout, r.error) for r in results[2:]] == [("2\n", None), ("3\n", None)]
-        assert not _alive(program[0]) and not _alive(worker)
+        assert not alive(program[0]) and not alive(worker)
         assert pool.restarts == 1
 
 
