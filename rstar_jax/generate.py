@@ -24,8 +24,7 @@ from absl import logging
 from flax import nnx
 
 from rstar_jax import sharding
-from rstar_jax.models.qwen2 import _MASKED, Qwen2ForCausalLM, rms_norm
-from rstar_jax.sharding import BATCH, constrain
+from rstar_jax.models.qwen2 import _MASKED, Qwen2ForCausalLM
 
 COMPILES: list[tuple] = []  # one entry per traced program: (name, shape key); tests and logs read it
 ROW_REUSE = 4  # a call may run in an already compiled row bucket up to this many times its own
@@ -205,27 +204,21 @@ def _attend_shared(q, prompt_k, prompt_v, prompt_visible, new_k, new_v, step):
 
 
 def _decode_forward(model: Qwen2ForCausalLM, tok, positions, prompt: dict, new_k: list, new_v: list, step):
-    """The model's forward for one new token per row (its own blocks, norms and head), with the
+    """The model's forward for one new token per row (its own layer loop and head), with the
     shared-prompt attention above. Returns fp32 logits [R, V] and the new-token caches with this
     token's keys/values written at slot `step`."""
-    cfg, dtype, backbone = model.config, model.dtype, model.model
-    x = constrain(jnp.take(backbone.embed[...], tok[:, None], axis=0).astype(dtype), (BATCH, "length", "embed"))
-    ks, vs = [], []
-    for i, block in enumerate(backbone.layers):
-        h = rms_norm(x, block.input_norm[...], cfg.rms_norm_eps)
-        q, k, v = block.attn.qkv(h, positions[:, None], cfg.rope_theta)
-        to_heads = lambda a, like: jnp.transpose(a, (0, 2, 1, 3)).astype(like.dtype)
+    dtype = model.dtype
+    to_heads = lambda a, like: jnp.transpose(a, (0, 2, 1, 3)).astype(like.dtype)
+
+    def attend_step(i, q, k, v):
         nk = jax.lax.dynamic_update_slice(new_k[i], to_heads(k, new_k[i]), (0, 0, step, 0))
         nv = jax.lax.dynamic_update_slice(new_v[i], to_heads(v, new_v[i]), (0, 0, step, 0))
-        ks.append(nk)
-        vs.append(nv)
         o = _attend_shared(q, prompt["k"][i].astype(dtype), prompt["v"][i].astype(dtype), prompt["visible"],
                            nk.astype(dtype), nv.astype(dtype), step)
-        x = x + block.attn.out(o)
-        x = x + block.mlp(rms_norm(x, block.post_norm[...], cfg.rms_norm_eps))
-        x = constrain(x, (BATCH, "length", "embed"))
-    h = rms_norm(x, backbone.norm[...], cfg.rms_norm_eps)
-    return model.logits(h[:, -1]), ks, vs
+        return o, (nk, nv)
+
+    h, kv = model.model.run(model.config, tok[:, None], positions[:, None], dtype, attend_step)
+    return model.logits(h[:, -1]), [k for k, _ in kv], [v for _, v in kv]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("carry",))

@@ -146,17 +146,17 @@ class Qwen2Backbone(nnx.Module):
         self.layers = nnx.List([Block(cfg, rngs, param_dtype) for _ in range(cfg.num_hidden_layers)])
         self.norm = _param(rngs, "ones", (cfg.hidden_size,), param_dtype, ("norm",))
 
-    def run(self, cfg: Qwen2Config, ids: jax.Array, positions: jax.Array, dtype, kv_step) -> tuple[jax.Array, list]:
-        """Shared layer loop; `kv_step(layer, k, v) -> (keys, values, visible)` decides what each
-        query sees (the new tokens only, or the cache after writing them). Returns normed hidden states
-        and whatever `kv_step` returned per layer as its 4th element."""
+    def run(self, cfg: Qwen2Config, ids: jax.Array, positions: jax.Array, dtype, attend_step) -> tuple[jax.Array, list]:
+        """Shared layer loop; `attend_step(layer, q, k, v) -> (attention output, aux)` decides what each
+        query sees (the new tokens only, the cache after writing them, or a prompt cache shared by
+        several rows). Returns normed hidden states and each layer's aux."""
         x = constrain(jnp.take(self.embed[...], ids, axis=0).astype(dtype), (BATCH, "length", "embed"))
         extra = []
         for i, block in enumerate(self.layers):
             h = rms_norm(x, block.input_norm[...], cfg.rms_norm_eps)
             q, k, v = block.attn.qkv(h, positions, cfg.rope_theta)
-            keys, values, visible, aux = kv_step(i, k, v)
-            x = x + block.attn.out(attend(q, keys, values, visible))
+            o, aux = attend_step(i, q, k, v)
+            x = x + block.attn.out(o)
             x = x + block.mlp(rms_norm(x, block.post_norm[...], cfg.rms_norm_eps))
             x = constrain(x, (BATCH, "length", "embed"))
             extra.append(aux)
@@ -169,7 +169,7 @@ class Qwen2Backbone(nnx.Module):
         causal = jnp.tril(jnp.ones((t, t), bool))[None]
         same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
         visible = causal & same
-        h, _ = self.run(cfg, ids, positions, dtype, lambda i, k, v: (k, v, visible, None))
+        h, _ = self.run(cfg, ids, positions, dtype, lambda i, q, k, v: (attend(q, k, v, visible), None))
         return h
 
     def hidden_cached(self, cfg: Qwen2Config, ids: jax.Array, positions: jax.Array, cache: KVCache,
@@ -179,10 +179,10 @@ class Qwen2Backbone(nnx.Module):
         pos = jax.lax.dynamic_update_slice(cache.pos, positions.astype(jnp.int32), (0, index))
         visible = (pos[:, None, :] >= 0) & (pos[:, None, :] <= positions[:, :, None])
 
-        def step(i, k, v):
+        def step(i, q, k, v):
             ck = jax.lax.dynamic_update_slice(cache.k[i], k.astype(cache.k[i].dtype), (0, index, 0, 0))
             cv = jax.lax.dynamic_update_slice(cache.v[i], v.astype(cache.v[i].dtype), (0, index, 0, 0))
-            return ck.astype(k.dtype), cv.astype(v.dtype), visible, (ck, cv)
+            return attend(q, ck.astype(k.dtype), cv.astype(v.dtype), visible), (ck, cv)
 
         h, kv = self.run(cfg, ids, jnp.maximum(positions, 0), dtype, step)
         return h, KVCache(k=[a for a, _ in kv], v=[b for _, b in kv], pos=pos)
