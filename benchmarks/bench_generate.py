@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_forward import BENCH_CONFIG, median_time, reference_and_ours  # noqa: E402
+from bench_forward import median_time, reference_and_ours  # noqa: E402
 
 from rstar_jax.generate import Generator  # noqa: E402
 

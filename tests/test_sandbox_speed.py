@@ -19,8 +19,10 @@ def sb(request):
 
 
 def test_worker_stays_lean(sb):
-    # threading (and what imports it) doubles every fork's cost; the program's own imports are its business
-    probe = "import sys\nprint(sorted(m for m in ('threading', 'logging', 'subprocess', 'queue') if m in sys.modules))"
+    # threading (and what imports it) doubles every fork's cost, and the rest here add ~2 MB that every fork
+    # copies and every exit unmaps; the program's own imports are its business
+    heavy = ('threading', 'logging', 'subprocess', 'queue', 'dataclasses', 'tempfile', 'shutil', 'site')
+    probe = f"import sys\nprint(sorted(m for m in {heavy!r} if m in sys.modules))"
     assert sb.run(probe).stdout == "[]\n"
     assert sb.run("import threading\nprint(threading.active_count())").stdout == "1\n"
 
@@ -36,6 +38,13 @@ def test_std_streams_fresh_in_every_program(sb):
         r = sb.run("import sys\nprint('clean', sys.stdout.line_buffering, sys.stdout.errors, sys.stdin.read())\n"
                    "print('e', file=sys.stderr)")
         assert (r.stdout, r.stderr, r.error) == ("clean False backslashreplace \n", "e\n", None), (code, r)
+
+
+def test_programs_see_site_packages_and_exit_builtins(sb):
+    # the worker skips `site` (-S) but adds what a program needs of it
+    r = sb.run("from absl import flags\nprint(flags.__name__)\nexit(4)")   # a site-packages module not preloaded
+    assert (r.stdout, r.error) == ("absl.flags\n", "SystemExit: 4"), r
+    assert sb.run("quit()").error is None
 
 
 def test_compiler_warmed_but_syntax_errors_reported(sb):
@@ -109,3 +118,29 @@ def test_hung_worker_mid_batch(monkeypatch, layers):
 def test_programs_keep_the_normal_scheduling_policy(sb):
     # the worker runs SCHED_BATCH (fewer context switches); its programs must not inherit that
     assert sb.run("import os\nprint(os.sched_getscheduler(0) == os.SCHED_OTHER)").stdout == "True\n"
+
+
+def test_pipelined_requests_keep_order_through_a_worker_death():
+    # 30 queued programs on one worker: after its first reply the pool sends the next message ahead, so the
+    # program the worker dies in sits in a pipelined message; every other program still runs exactly once
+    with Sandbox(workers=1, timeout_s=5.0) as pool:
+        victim = pool.worker_pids()[0]
+        codes = [f"print({i})" for i in range(30)]
+        codes[12] = "import time\nprint('working', flush=True)\ntime.sleep(30)"
+        batch = pool.submit_many(codes)
+        time.sleep(1.5)
+        os.kill(victim, signal.SIGKILL)
+        results = batch.result(timeout=30)
+        assert results[12].error.startswith("sandbox worker died") and results[12].limit == "worker", results[12]
+        assert [(r.stdout, r.error) for i, r in enumerate(results) if i != 12] == \
+            [(f"{i}\n", None) for i in range(30) if i != 12]
+        assert pool.restarts == 1
+
+
+def test_requests_larger_than_the_pipe():
+    # a message that may not fit the worker's request pipe is never written while the worker may be busy
+    # writing results (both would block): it is held until the worker has answered what was sent before
+    pad = "#" + "x" * 100_000 + "\n"
+    with Sandbox(workers=1, timeout_s=5.0) as pool:
+        codes = [(pad if i % 3 else "") + f"print({i})" for i in range(12)]
+        assert [r.stdout for r in pool.run_many(codes)] == [f"{i}\n" for i in range(12)]

@@ -210,7 +210,7 @@ def parse_question(question: str, id: str = "") -> ToyProblem:
     sentences = [s.strip() for s in question.replace("?", ".").split(".") if s.strip()]
     if len(sentences) < 3:
         raise InputError(f"problem {id!r}: not a toy-world question: {question!r}")
-    head, ops_text, tail = sentences[0].split(" "), sentences[1:-1], sentences[-1]
+    head, ops_text = sentences[0].split(" "), sentences[1:-1]
     if len(head) != 4 or head[1] != "has" or not head[2].isdigit() or head[0] not in NAMES or head[3] not in OBJECTS:
         raise InputError(f"problem {id!r}: cannot read the start {sentences[0]!r}")
     name, start, obj = head[0], int(head[2]), head[3]

@@ -2,9 +2,7 @@
 import dataclasses
 import math
 
-import jax
 import numpy as np
-import pytest
 
 from rstar_jax.mcts import tree as T
 
