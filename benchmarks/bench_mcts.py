@@ -6,7 +6,8 @@ the duplicates and mistakes of a small model, which is what the search is built 
 search with the real sandbox and grader. Prints rollouts/s for both sides, the share of wall time in
 decoding / code execution / tree updates / host glue, prompt tokens prefilled per generated token,
 programs executed and answered from the execution cache (mcts.exec_cache, on for both sides unless
---no-exec-cache), and, last, `mcts ratio: X` (lockstep / one-at-a-time rollouts/s).
+--no-exec-cache), the policy's decode tokens/s at growing batch sizes (what batching can buy on this
+machine), and, last, `mcts ratio: X` (lockstep / one-at-a-time rollouts/s).
 
     .venv/bin/python benchmarks/bench_mcts.py [--batch 64 --problems 64 --rollouts 4 --n 4 --variants]
 """
@@ -67,6 +68,30 @@ def run_side(policy, cfg, sandbox, problems, batch: int, seed: int):
     before = len(COMPILES)
     stats = LockstepSearch(policy, cfg, sandbox=sandbox, seed=seed, batch=batch).run(problems, lambda tree: None)
     return stats, len(COMPILES) - before
+
+
+def decode_scaling(model, tok, problems, new_tokens: int, n: int) -> str:
+    """Decode tokens/s of the policy at growing batch sizes (every row decodes `new_tokens`, no stops): how
+    much a bigger batch buys on this machine, which bounds what lockstep can gain over one tree at a time."""
+    import time
+
+    from rstar_jax.generate import Generator
+    from rstar_jax.steps import build_prompt
+
+    gen = Generator(model)
+    prompts = tok.encode_batch([build_prompt(p.question) for p in problems])
+    parts = []
+    for trees in (1, 4, 16, 64):
+        batch = [prompts[i % len(prompts)] for i in range(trees)]
+        run = lambda seed: gen.generate(batch, new_tokens, n=n, temperature=1.0, seed=seed)
+        run(0)                                            # compile
+        times = []
+        for seed in range(1, 4):
+            start = time.perf_counter()
+            run(seed)
+            times.append(time.perf_counter() - start)
+        parts.append(f"{trees * n} rows {trees * n * new_tokens / sorted(times)[1]:.0f}")
+    return "decode tok/s by batch (prefill included): " + ", ".join(parts)
 
 
 def row(name: str, stats) -> str:
@@ -136,6 +161,7 @@ def main() -> None:
         print(row(name, stats))
     lock, serial = results["lockstep"], results["one-at-a-time"]
     ratio = (lock.rollouts / lock.time_total) / (serial.rollouts / serial.time_total)
+    print(decode_scaling(model, tok, problems, cfg.max_step_tokens, args.n))
     print(f"mcts ratio: {ratio:.2f}")
 
 
