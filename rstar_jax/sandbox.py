@@ -173,7 +173,7 @@ def _worker_code() -> bytes:
     return marshal.dumps(sandbox_worker.__spec__.loader.get_code(sandbox_worker.__name__))
 
 
-# ---------------------------------------------------------------- pool side (runs in the caller)
+# ---------------------------------------------------------------- the pool (runs in the caller)
 
 @dataclass
 class _Job:

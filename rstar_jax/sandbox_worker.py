@@ -1,12 +1,14 @@
 """The sandbox's worker process: sets up isolation once, then runs each program in a fresh fork of itself.
 
-`rstar_jax.sandbox.Sandbox` starts it as ``python -I -c <boot> sandbox_worker.py '<json config>'``; the boot runs
-this file as __main__ from its cached bytecode. What this module holds is copied into every fork and unmapped
-at every exit, so it imports only light standard-library modules: `threading` (also pulled in by logging,
-subprocess, queue and concurrent.futures) doubles what a fork costs through its at-fork hook and the pages it
-makes the child touch (a bare fork + exit went from ~0.6 to ~1.3 ms of CPU on the dev box), and dataclasses,
-tempfile and shutil add ~2 MB to every fork. The pool imports the pieces both sides share from here: output
-capping, the pipe framing and the start records. See rstar_jax/sandbox.py for the layers and limits.
+`rstar_jax.sandbox.Sandbox` starts it as ``python -I -S -c <boot> <size> sandbox_worker.py '<json config>'``;
+the boot reads this module's compiled code from the request pipe and runs it as __main__ (see
+sandbox._WORKER_BOOT). What the worker holds is copied into every fork and unmapped at every exit, so it
+skips `site` (adding the site-packages directories itself) and imports only light standard-library modules:
+`threading` (also pulled in by logging, subprocess, queue and concurrent.futures) doubles what a fork costs
+through its at-fork hook and the pages it makes the child touch (a bare fork + exit went from ~0.6 to ~1.3 ms
+of CPU on the dev box), and dataclasses, tempfile and shutil add ~2 MB to every fork. The pool imports the
+pieces both sides share from here: output capping, the pipe framing and the start records. See
+rstar_jax/sandbox.py for the layers and limits.
 """
 from __future__ import annotations
 
@@ -49,7 +51,6 @@ class _WorkerLog:
 
     def error(self, msg: str, *args: object) -> None:
         self._emit("ERROR", msg, *args)
-
 
 
 log = _WorkerLog("rstar_jax.sandbox.worker")
@@ -125,7 +126,7 @@ def _recv(fd: int, deadline: float | None = None) -> dict | None:
     return None if payload is None else json.loads(payload)
 
 
-# ---------------------------------------------------------------- worker side (runs in the spawned interpreter)
+# ---------------------------------------------------------------- the worker (runs in the spawned interpreter)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
