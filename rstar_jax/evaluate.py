@@ -34,10 +34,32 @@ class Solution:
 
 def sample_solutions(generator: Generator, tokenizer, problems: Sequence[Any], n: int, *, sandbox,
                      temperature: float, top_p: float = 1.0, max_tokens: int = 512, answer_tokens: int = 64,
-                     seed: int = 0) -> list[list[Solution]]:
-    """`n` full solutions per problem (greedy when temperature is 0), executed and graded."""
-    if not problems:
-        return []
+                     seed: int = 0, max_rows: int = 2048) -> list[list[Solution]]:
+    """`n` full solutions per problem (greedy when temperature is 0), executed and graded.
+
+    A generate call holds at most `max_rows` sequences (problems x samples): the equal-budget
+    comparison can ask for hundreds of samples per problem, which in one call would not fit in memory.
+    Results do not depend on `max_rows` while n <= max_rows (each problem keeps its own seed); a larger
+    n is drawn in groups of max_rows samples, each group with its own derived seed."""
+    if max_rows < 1:
+        raise ValueError(f"sample_solutions: max_rows must be >= 1, got {max_rows}")
+    out: list[list[Solution]] = [[] for _ in problems]
+    for start in range(0, n, max_rows):
+        group = min(max_rows, n - start)
+        group_seed = seed if start == 0 else derive_seed(seed, "samples", start)
+        per_call = max(1, max_rows // group)
+        for lo in range(0, len(problems), per_call):
+            rows = _sample_call(generator, tokenizer, problems[lo:lo + per_call], group, sandbox=sandbox,
+                                temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                answer_tokens=answer_tokens, seed=group_seed)
+            for k, row in enumerate(rows):
+                out[lo + k].extend(row)
+    return out
+
+
+def _sample_call(generator: Generator, tokenizer, problems: Sequence[Any], n: int, *, sandbox, temperature: float,
+                 top_p: float, max_tokens: int, answer_tokens: int, seed: int) -> list[list[Solution]]:
+    """One generate call for `problems` x `n` solutions, then their code run, answers decoded and graded."""
     code_stops = [tokenizer.token_id(END_OF_CODE), tokenizer.token_id(END_OF_ANSWER), tokenizer.eos_id]
     prompts = tokenizer.encode_batch([build_prompt(p.question) for p in problems])
     seeds = [derive_seed(seed, "eval", p.id) for p in problems]

@@ -1,0 +1,66 @@
+"""Evaluation sampling with a tiny random Qwen2: the row cap per generate call bounds memory without
+changing any solution."""
+import numpy as np
+import pytest
+
+from rstar_jax.data import toyworld
+from rstar_jax.evaluate import sample_solutions
+from rstar_jax.generate import Generator
+from rstar_jax.models import Qwen2Config, init_model
+from rstar_jax.sandbox import Sandbox
+from rstar_jax.tokenizer import train_demo_tokenizer
+
+
+class CountingGenerator(Generator):
+    """The real generator, recording how many sequences each call decodes."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.rows: list[int] = []
+
+    def generate(self, prompts, max_new_tokens, *, n=1, **kw):
+        self.rows.append(len(prompts) * n)
+        return super().generate(prompts, max_new_tokens, n=n, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    problems = toyworld.generate_problems(5, seed=0, levels=(1, 2))
+    tok = train_demo_tokenizer(toyworld.tokenizer_corpus(problems, np.random.default_rng(0)), 300)
+    cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)
+    with Sandbox(workers=2, timeout_s=5.0, memory_mb=512) as sb:
+        yield init_model(cfg, seed=0), tok, problems, sb
+
+
+def _sample(tiny, n, max_rows):
+    model, tok, problems, sb = tiny
+    gen = CountingGenerator(model)
+    out = sample_solutions(gen, tok, problems, n, sandbox=sb, temperature=1.0, max_tokens=24, seed=3,
+                           max_rows=max_rows)
+    return [[(s.text, s.tokens) for s in row] for row in out], gen.rows
+
+
+def test_row_cap_changes_no_solution(tiny):
+    whole, rows = _sample(tiny, 3, 2048)
+    assert rows[0] == 15 and [len(r) for r in whole] == [3] * 5
+    assert len({t for row in whole for t, _ in row}) > 1        # real samples, not one text repeated
+    for cap in (3, 7):                                           # one problem per call; two per call
+        capped, rows = _sample(tiny, 3, cap)
+        assert capped == whole
+        assert max(rows) <= cap
+
+
+def test_more_samples_than_the_cap(tiny):
+    out, rows = _sample(tiny, 5, 2)
+    assert [len(r) for r in out] == [5] * 5 and max(rows) <= 2
+    again, _ = _sample(tiny, 5, 2)
+    assert again == out                                          # deterministic for a seed
+    first_two, _ = _sample(tiny, 2, 2)
+    assert [r[:2] for r in out] == first_two                     # the first group keeps the unsplit seed
+
+
+def test_bad_row_cap(tiny):
+    model, tok, problems, sb = tiny
+    with pytest.raises(ValueError, match="max_rows"):
+        sample_solutions(Generator(model), tok, problems, 2, sandbox=sb, temperature=1.0, max_rows=0)
