@@ -125,6 +125,7 @@ def eval_config() -> config_dict.ConfigDict:
             "temperature": 0.7,
             "top_p": 0.95,
             "max_tokens": 1024,  # decode budget for a whole solution up to <end_of_code>
+            "max_rows": 256,  # sequences per generate call (prefill memory grows with rows x prompt length^2)
             "mcts_ppm": True,  # MCTS + PPM with top-K vote (last round only in evolve; needs a PPM)
             "equal_budget": False,  # last round: terminal-guided / PPM MCTS vs best-of-N at equal decoded tokens
             # Inference search (paper: n = 32 children, several runs, top-K vote); PPM-augmented.

@@ -34,11 +34,13 @@ class Solution:
 
 def sample_solutions(generator: Generator, tokenizer, problems: Sequence[Any], n: int, *, sandbox,
                      temperature: float, top_p: float = 1.0, max_tokens: int = 512, answer_tokens: int = 64,
-                     seed: int = 0, max_rows: int = 2048) -> list[list[Solution]]:
+                     seed: int = 0, max_rows: int = 256) -> list[list[Solution]]:
     """`n` full solutions per problem (greedy when temperature is 0), executed and graded.
 
-    A generate call holds at most `max_rows` sequences (problems x samples): the equal-budget
-    comparison can ask for hundreds of samples per problem, which in one call would not fit in memory.
+    A generate call gets at most `max_rows` sequences (problems x samples; the generator pads them to a
+    compiled bucket of at most a few times that): the equal-budget comparison can ask for hundreds of
+    samples per problem, and a prefill's attention scores grow with rows x prompt length squared (2048
+    answer continuations of ~300-token prompts took the demo past 24 GB).
     Results do not depend on `max_rows` while n <= max_rows (each problem keeps its own seed); a larger
     n is drawn in groups of max_rows samples, each group with its own derived seed."""
     if max_rows < 1:
@@ -120,7 +122,8 @@ def evaluate_policy(generator: Generator, tokenizer, problems: Sequence[Any], cf
     """Held-out numbers for one policy: greedy (overall and by level), majority vote over
     `cfg.samples`, best-of-N by PPM score (with a scorer), MCTS + PPM (with `cfg.mcts_ppm` and a policy)."""
     greedy = [row[0] for row in sample_solutions(generator, tokenizer, problems, 1, sandbox=sandbox,
-                                                 temperature=0.0, max_tokens=cfg.max_tokens, seed=seed)]
+                                                 temperature=0.0, max_tokens=cfg.max_tokens, seed=seed,
+                                                 max_rows=cfg.max_rows)]
     out: dict[str, Any] = {
         "problems": len(problems),
         "greedy": _mean(s.correct for s in greedy),
@@ -129,7 +132,8 @@ def evaluate_policy(generator: Generator, tokenizer, problems: Sequence[Any], cf
     }
     if cfg.samples > 1:
         sampled = sample_solutions(generator, tokenizer, problems, cfg.samples, sandbox=sandbox,
-                                   temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+                                   temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed,
+                                   max_rows=cfg.max_rows)
         out["majority"] = _mean(bool(m is not None and is_equiv(m, p.answer))
                                 for p, m in zip(problems, (majority(row) for row in sampled)))
         out["pass_at_n"] = _mean(any(s.correct for s in row) for row in sampled)
@@ -249,11 +253,11 @@ def equal_budget(generator: Generator, tokenizer, mcts_policy, scorer, problems:
                           "first_success_rollout": _mean(_first_success(t) for t in trees if _first_success(t))}
     budget = max(counters["mcts"]["tokens"], counters["mcts_ppm"]["tokens"]) / max(len(problems), 1)
     pilot = sample_solutions(generator, tokenizer, problems, 2, sandbox=sandbox, temperature=cfg.temperature,
-                             top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed + 1)
+                             top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed + 1, max_rows=cfg.max_rows)
     per_sample = _mean(s.tokens for row in pilot for s in row) or 1.0
     n = max(1, int(round(budget / per_sample)))
     sampled = sample_solutions(generator, tokenizer, problems, n, sandbox=sandbox, temperature=cfg.temperature,
-                               top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+                               top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed, max_rows=cfg.max_rows)
     results["best_of_n"] = _mean(any(s.correct for s in row) for row in sampled)
     counters["best_of_n"] = {"tokens": sum(s.tokens for row in sampled for s in row), "n": n}
     results["n"] = n

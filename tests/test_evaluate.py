@@ -42,7 +42,7 @@ def _sample(tiny, n, max_rows):
 
 
 def test_row_cap_changes_no_solution(tiny):
-    whole, rows = _sample(tiny, 3, 2048)
+    whole, rows = _sample(tiny, 3, 256)
     assert rows[0] == 15 and [len(r) for r in whole] == [3] * 5
     assert len({t for row in whole for t, _ in row}) > 1        # real samples, not one text repeated
     for cap in (3, 7):                                           # one problem per call; two per call
