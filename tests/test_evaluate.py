@@ -1,14 +1,12 @@
 """Evaluation sampling with a tiny random Qwen2: the row cap per generate call bounds memory without
 changing any solution."""
-import numpy as np
 import pytest
 
 from rstar_jax.data import toyworld
 from rstar_jax.evaluate import sample_solutions
 from rstar_jax.generate import Generator
-from rstar_jax.models import Qwen2Config, init_model
 from rstar_jax.sandbox import Sandbox
-from rstar_jax.tokenizer import train_demo_tokenizer
+from tiny_models import tiny_policy
 
 
 class CountingGenerator(Generator):
@@ -26,11 +24,9 @@ class CountingGenerator(Generator):
 @pytest.fixture(scope="module")
 def tiny():
     problems = toyworld.generate_problems(5, seed=0, levels=(1, 2))
-    tok = train_demo_tokenizer(toyworld.tokenizer_corpus(problems, np.random.default_rng(0)), 300)
-    cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)
+    model, tok = tiny_policy(problems)
     with Sandbox(workers=2, timeout_s=5.0, memory_mb=512) as sb:
-        yield init_model(cfg, seed=0), tok, problems, sb
+        yield model, tok, problems, sb
 
 
 def _sample(tiny, n, max_rows):

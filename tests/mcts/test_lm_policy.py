@@ -1,7 +1,6 @@
 """The LM policy end to end with a tiny random Qwen2: decode -> execute -> grade -> backup, batched."""
 import json
 
-import numpy as np
 import pytest
 
 from rstar_jax.data import toyworld
@@ -9,20 +8,15 @@ from rstar_jax.mcts import StepRequest
 from rstar_jax.mcts.lm_policy import LMPolicy
 from rstar_jax.mcts.records import TreeRecord
 from rstar_jax.mcts.search import LockstepSearch
-from rstar_jax.models import Qwen2Config, init_model
 from rstar_jax.steps import STOP_STRINGS, stop_kind
-from rstar_jax.tokenizer import train_demo_tokenizer
 from mcts_helpers import make_cfg
+from tiny_models import tiny_policy
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    """A random 1-layer Qwen2 over a 300-token demo vocabulary (step markers are ~1% of draws)."""
     problems = toyworld.generate_problems(4, seed=0, levels=(1, 2))
-    tok = train_demo_tokenizer(toyworld.tokenizer_corpus(problems, np.random.default_rng(0)), 300)
-    cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)
-    return init_model(cfg, seed=0), tok, problems
+    return (*tiny_policy(problems), problems)
 
 
 def lm_cfg(**kw):
