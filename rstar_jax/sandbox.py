@@ -15,7 +15,7 @@ Usage::
         results = batch.result()                        # list[ExecResult], same order
 
 Process layout: Sandbox (caller, may have imported jax) --spawn--> worker (rstar_jax/sandbox_worker.py in a
-clean ``python -I`` interpreter; pre-imports common modules, enters private network/mount namespaces, acts as
+clean ``python -I -S`` interpreter; pre-imports common modules, enters private network/mount namespaces, acts as
 child subreaper) --fork per program--> child (sets limits, drops to the worker's uid, runs the code).
 The worker imports only light standard-library modules, since everything it holds is copied by every fork.
 Each pool thread sends its worker up to MAX_BATCH queued programs in one message, and the next message as
@@ -495,12 +495,13 @@ class Sandbox:
         start = time.monotonic()
         self._write_request(slot, self._request(slot, jobs))
         newest = 0                                       # where the newest message sent starts in `jobs`
-        held: list[_Job] = []
+        held: list[_Job] = []                            # taken and framed (held_request), not yet sent
+        held_request = b""
         i = 0
         while i < len(jobs) or held:
             if i == len(jobs):                           # all answered: the worker is waiting to read
                 newest = len(jobs)
-                self._write_request(slot, self._request(slot, held))
+                self._write_request(slot, held_request)
                 jobs, held = jobs + held, []
             job = jobs[i]
             try:
@@ -524,7 +525,7 @@ class Sandbox:
                         newest = len(jobs)
                         jobs = jobs + more
                     else:
-                        held = more
+                        held, held_request = more, request
             i += 1
         self._read_started(slot)                         # keeps the side pipe from filling up
         return []
