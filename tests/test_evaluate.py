@@ -6,7 +6,7 @@ from rstar_jax.data import toyworld
 from rstar_jax.evaluate import sample_solutions
 from rstar_jax.generate import Generator
 from rstar_jax.sandbox import Sandbox
-from tiny_models import tiny_policy
+from random_policy import tiny_policy
 
 
 class CountingGenerator(Generator):

@@ -10,7 +10,7 @@ from rstar_jax.mcts.records import TreeRecord
 from rstar_jax.mcts.search import LockstepSearch
 from rstar_jax.steps import STOP_STRINGS, stop_kind
 from mcts_helpers import make_cfg
-from tiny_models import tiny_policy
+from random_policy import tiny_policy
 
 
 @pytest.fixture(scope="module")
