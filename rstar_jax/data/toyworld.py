@@ -4,7 +4,9 @@ A problem is a start quantity and 1 to 6 operations (add, subtract, multiply, ex
 told in one of several phrasings; difficulty (`level`) is the number of operations, answers are
 integers and every true intermediate value is a positive integer below `MAX_VALUE`.
 
-The teacher writes solutions in the step format of rstar_jax.steps, one step per operation. Its
+The teacher writes solutions in the step format of rstar_jax.steps, one step per operation, whose
+comment quotes the operation's sentence: a 2-layer model copies operands far more reliably from the
+line above than by counting sentences in the question (operand errors 19% -> 8% of steps). Its
 mistakes are per phrasing: `Phrasing.p_wrong` is the chance of writing the phrasing's systematic
 wrong operator (`noise` scales it). One phrasing per operation is wrong more often than right, so a
 model trained on the teacher inherits those mistakes under greedy decoding (about 30% held-out
@@ -36,10 +38,9 @@ VARIABLE = "x"  # the teacher's one variable: a tiny model need not learn to cop
 
 @dataclasses.dataclass(frozen=True)
 class Phrasing:
-    """One way to say an operation: the question sentence, the step comment, and the teacher's mistake."""
+    """One way to say an operation: the question sentence (also the step's comment) and the teacher's mistake."""
 
     text: str  # the sentence after its subject pronoun; {n} is the operand
-    comment: str  # the step comment: names the phrasing, not the number
     wrong: str  # the operator the teacher writes by mistake
     p_wrong: float  # how often it does so at noise 1
 
@@ -49,24 +50,24 @@ class Phrasing:
 # time, so a search from the base finds it and a few hundred verified solutions can flip it.
 PHRASINGS: dict[str, tuple[Phrasing, ...]] = {
     "add": (
-        Phrasing("gets {n} from a friend", "from a friend", "-", 0.55),
-        Phrasing("finds {n} more", "finds more", "-", 0.1),
-        Phrasing("buys {n} more", "buys more", "-", 0.0),
+        Phrasing("gets {n} from a friend", "-", 0.55),
+        Phrasing("finds {n} more", "-", 0.1),
+        Phrasing("buys {n} more", "-", 0.0),
     ),
     "sub": (
-        Phrasing("gives away {n}", "gives away", "+", 0.55),
-        Phrasing("loses {n}", "loses", "+", 0.1),
-        Phrasing("sells {n}", "sells", "+", 0.0),
+        Phrasing("gives away {n}", "+", 0.55),
+        Phrasing("loses {n}", "+", 0.1),
+        Phrasing("sells {n}", "+", 0.0),
     ),
     "mul": (
-        Phrasing("gets {n} times as many", "times as many", "+", 0.6),
-        Phrasing("trades each one for {n}", "trades each", "+", 0.15),
-        Phrasing("multiplies them by {n}", "multiplies", "+", 0.0),
+        Phrasing("gets {n} times as many", "+", 0.6),
+        Phrasing("trades each one for {n}", "+", 0.15),
+        Phrasing("multiplies them by {n}", "+", 0.0),
     ),
     "div": (
-        Phrasing("shares them equally among {n} friends", "shares among friends", "-", 0.55),
-        Phrasing("keeps 1 of every {n}", "keeps 1 of every", "-", 0.1),
-        Phrasing("keeps 1/{n} of them", "keeps a part", "-", 0.0),
+        Phrasing("shares them equally among {n} friends", "-", 0.55),
+        Phrasing("keeps 1 of every {n}", "-", 0.1),
+        Phrasing("keeps 1/{n} of them", "-", 0.0),
     ),
 }
 
@@ -297,7 +298,7 @@ def _parse_operation(sentence: str, name: str, id: str) -> Operation:
 
 def _op_step(o: Operation, number: int, var: str, rng: np.random.Generator, noise: float) -> str:
     symbol = o.phrase.wrong if rng.random() < noise * o.phrase.p_wrong else SYMBOLS[o.op]
-    return f"\n# Step {number}: {o.phrase.comment}\n{var} = {var} {symbol} {o.operand}\n{END_OF_STEP}"
+    return f"\n# Step {number}: {o.phrase.text.format(n=o.operand)}\n{var} = {var} {symbol} {o.operand}\n{END_OF_STEP}"
 
 
 def _eval_expr(node: ast.expr, env: dict[str, int]) -> int:
