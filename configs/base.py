@@ -128,6 +128,7 @@ def eval_config() -> config_dict.ConfigDict:
             "max_rows": 256,  # sequences per generate call (prefill memory grows with rows x prompt length^2)
             "mcts_ppm": True,  # MCTS + PPM with top-K vote (last round only in evolve; needs a PPM)
             "equal_budget": False,  # last round: terminal-guided / PPM MCTS vs best-of-N at equal decoded tokens
+            "equal_budget_problems": 0,  # the first this many held-out problems in that comparison; 0 = all
             # Inference search (paper: n = 32 children, several runs, top-K vote); PPM-augmented.
             "mcts_overrides": {"num_children": 32, "rollouts": 12, "runs": 4, "vote_top_k": 4},
         }
@@ -162,6 +163,7 @@ def evolve_config(config: config_dict.ConfigDict) -> None:
     config.ppm_checkpoint = ""  # PPM of the round before the first one run here, when not in this workdir
     config.max_pool_problems = 0  # 0 = all
     config.max_heldout_problems = 0
+    config.accumulate_data = False  # round r trains on every round's selection in this workdir (the reference: round r's own)
     config.teacher_mix = 0.0  # toy world: share of teacher solutions mixed into each round's SFT data
     config.world = config_dict.ConfigDict({"kind": "none"})  # "toyworld" for the embedded demo
     config.control = config_dict.ConfigDict({"enabled": False})

@@ -26,6 +26,8 @@ def get_config():
     _small_training(config.ppm_train, lr=1e-3, epochs=2)
     config.max_pool_problems, config.max_heldout_problems = 0, 100
     config.teacher_mix = 0.3
+    # ~100 verified solutions a round are too few to move the policy (README); each round trains on all so far.
+    config.accumulate_data = True
     # A right and a wrong toy step differ in one operator character ("x = x + 3" vs "x = x - 3"): the
     # reference's 20-character filter, made for real math steps, would drop every pair.
     config.selection.ppm_min_edit_distance = 1
@@ -39,6 +41,7 @@ def get_config():
     config.eval.samples, config.eval.temperature, config.eval.top_p, config.eval.max_tokens = 4, 1.0, 1.0, 256
     config.eval.mcts_overrides = dict(num_children=4, rollouts=4, runs=2, vote_top_k=2)
     config.eval.equal_budget = True  # last round: MCTS (terminal-guided and PPM) vs best-of-N at equal tokens
+    config.eval.equal_budget_problems = 50
     config.control.enabled = True
     config.sandbox.timeout_s = 2.0
     config.sandbox.memory_mb = 512
@@ -48,5 +51,5 @@ def get_config():
 def _small_training(cfg, *, lr: float, epochs: int) -> None:
     """Tiny-model training settings: short sequences, small batches, larger learning rate."""
     cfg.learning_rate, cfg.epochs = lr, epochs
-    cfg.batch_size, cfg.seq_len = 16, 256
+    cfg.batch_size, cfg.seq_len = 16, 320
     cfg.warmup_ratio, cfg.eval_fraction, cfg.log_every, cfg.checkpoint_every = 0.05, 0.05, 20, 50

@@ -26,7 +26,8 @@ def get_config():
     config.round4.extra_rollouts = [2]
     config.eval.samples, config.eval.temperature, config.eval.top_p, config.eval.max_tokens = 2, 1.0, 1.0, 96
     config.eval.mcts_overrides = dict(num_children=2, rollouts=2, runs=2, vote_top_k=2)
-    config.eval.equal_budget = True
+    config.eval.equal_budget, config.eval.equal_budget_problems = True, 4
+    config.accumulate_data = True
     config.control.enabled = True
     config.sandbox.workers, config.sandbox.timeout_s, config.sandbox.memory_mb = 2, 2.0, 512
     return config

@@ -190,8 +190,9 @@ def evaluate_checkpoints(config, policy_path: str, ppm_path: str | None, tokeniz
     if budget_mcts is not None and scorer is not None:
         with cfg.unlocked():
             cfg.mcts = budget_mcts
+        first = cfg.get("equal_budget_problems", 0) or len(problems)
         result["equal_budget"] = equal_budget(generator, tokenizer, LMPolicy(policy, tokenizer, budget_mcts, mesh=mesh),
-                                              scorer, problems, cfg, sandbox=sandbox, seed=config.seed)
+                                              scorer, problems[:first], cfg, sandbox=sandbox, seed=config.seed)
     return result
 
 

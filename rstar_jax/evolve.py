@@ -219,17 +219,31 @@ class Evolution:
                 "tokens_decoded": stats.tokens_decoded, "programs": stats.programs}
 
     def select(self, d: epath.Path, r: int) -> dict[str, Any]:
-        from rstar_jax.data.selection import SelectionConfig, read_sft, select_to_files, write_sft
+        """Selects this round's SFT examples and PPM pairs from its search trees (`*_round.jsonl`), then
+        builds the training sets from them (`training_sets`)."""
+        from rstar_jax.data.selection import SelectionConfig, select_to_files
 
         shards = sorted((self.wd / f"round_{r}/search").glob("trees-*.jsonl"))
-        n_sft, n_ppm = select_to_files(shards, d / "sft.jsonl", d / "ppm.jsonl",
+        n_sft, n_ppm = select_to_files(shards, d / "sft_round.jsonl", d / "ppm_round.jsonl",
                                        SelectionConfig(**self.config.selection.to_dict()))
+        return {"sft_round": n_sft, "ppm_round": n_ppm, **self.training_sets(d, r)}
+
+    def training_sets(self, d: epath.Path, r: int) -> dict[str, Any]:
+        """Writes round r's `sft.jsonl` and `ppm.jsonl`: its own selection or, with `accumulate_data`, every
+        round's so far without repeats; in the toy world, `teacher_mix` teacher solutions are added."""
+        from rstar_jax.data.selection import read_ppm, read_sft, write_ppm, write_sft
+
+        rounds = range(self.config.first_round if self.config.get("accumulate_data", False) else r, r + 1)
+        sources = [self.wd / f"round_{k}/select" for k in rounds]
+        sft = _unique([e for s in sources if (s / "sft_round.jsonl").exists() for e in read_sft(s / "sft_round.jsonl")])
+        pairs = _unique([p for s in sources if (s / "ppm_round.jsonl").exists() for p in read_ppm(s / "ppm_round.jsonl")])
         mix = self.config.get("teacher_mix", 0.0) if self.toy else 0.0
-        n_teacher = int(round(n_sft * mix / (1.0 - mix))) if 0 < mix < 1 else 0
-        if n_teacher:
-            teacher = self.teacher_examples(1, derive(self.config.seed, r, "mix"))[:n_teacher]
-            write_sft(d / "sft.jsonl", read_sft(d / "sft.jsonl") + teacher)
-        return {"sft_examples": n_sft, "teacher_examples": n_teacher, "ppm_pairs": n_ppm}
+        n_teacher = int(round(len(sft) * mix / (1.0 - mix))) if 0 < mix < 1 else 0
+        teacher = self.teacher_examples(1, derive(self.config.seed, r, "mix"))[:n_teacher] if n_teacher else []
+        write_sft(d / "sft.jsonl", sft + teacher)
+        write_ppm(d / "ppm.jsonl", pairs)
+        return {"sft_examples": len(sft), "teacher_examples": len(teacher), "ppm_pairs": len(pairs),
+                "rounds": list(rounds)}
 
     def ppm_needed(self, r: int) -> bool:
         """Whether round `r`'s PPM is read: by the next round's PPM-augmented search or the last round's eval."""
@@ -336,6 +350,11 @@ def _epochs_for_steps(train_cfg, steps: int, examples, evo: "Evolution"):
     with train_cfg.unlocked():
         train_cfg.epochs = max(1, -(-steps // max(per_epoch, 1)))
     return train_cfg
+
+
+def _unique(items: list) -> list:
+    """`items` without repeats (records compare by value), first occurrence kept."""
+    return list(dict.fromkeys(items))
 
 
 def copy_dir(src: epath.Path, dst: epath.Path) -> None:

@@ -1,3 +1,4 @@
+import pytest
 from etils import epath
 
 from rstar_jax import evolve
@@ -33,3 +34,25 @@ def test_interrupted_stage_is_redone(tmp_path):
     assert evolve.stage_done(wd, "s") is None
     summary = evolve.run_stage(wd, "s", lambda d: {"saw_partial": (d / "half.txt").exists()})
     assert summary["saw_partial"] is True
+
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_training_sets_accumulate_rounds_without_repeats(tmp_path, accumulate):
+    from configs import base
+    from rstar_jax.data.selection import PPMPair, SFTExample, read_ppm, read_sft, write_ppm, write_sft
+
+    config = base.get_config()
+    config.accumulate_data = accumulate
+    wd = epath.Path(tmp_path)
+    a, b, c = (SFTExample(f"q{i}", f"r{i}") for i in range(3))
+    p, q = PPMPair("x", "good", "bad"), PPMPair("y", "good", "bad")
+    for r, sft, pairs in ((1, [a, b], [p]), (2, [b, c], [p, q])):  # what each round's search selected
+        write_sft(wd / f"round_{r}/select/sft_round.jsonl", sft)
+        write_ppm(wd / f"round_{r}/select/ppm_round.jsonl", pairs)
+    d = wd / "round_2/select"
+    summary = evolve.Evolution(config, wd, sandbox=None).training_sets(d, 2)
+    sft, pairs = read_sft(d / "sft.jsonl"), read_ppm(d / "ppm.jsonl")
+    assert sft == ([a, b, c] if accumulate else [b, c]) and pairs == [p, q]
+    assert summary == {"sft_examples": len(sft), "teacher_examples": 0, "ppm_pairs": 2,
+                       "rounds": [1, 2] if accumulate else [2]}

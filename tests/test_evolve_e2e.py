@@ -20,6 +20,10 @@ def _cmd(workdir):
     return [sys.executable, "-m", "rstar_jax.launch", "--config=demo_smoke", f"--workdir={workdir}"]
 
 
+def _lines(path):
+    return path.read_text().splitlines()
+
+
 def _strip_times(report):
     for r in report["rounds"]:
         r.pop("seconds", None)
@@ -56,6 +60,11 @@ def test_demo_smoke_runs_the_whole_loop(reference, cache_dir):
     # sampled metrics for the base and the last round only
     assert [r_["heldout"]["majority"] is not None for r_ in report["rounds"]] == [True, False, False, False, True]
     assert (wd / "round_4/policy/export/config.json").exists()
+    assert report["equal_budget"]["problems"] == 4  # eval.equal_budget_problems of the 6 held-out
+    # accumulate_data: round 2 trains on rounds 1 and 2's selections, each example once
+    r1, r2, both = (_lines(wd / f"round_{k}/select/{f}") for k, f in ((1, "sft_round.jsonl"), (2, "sft_round.jsonl"),
+                                                                        (2, "sft.jsonl")))
+    assert set(r1) | set(r2) <= set(both) and len(set(both)) == len(both)
     assert "round" in r.stdout and "control" in r.stdout  # the printed table
     # A finished run, started again, redoes nothing.
     again = subprocess.run(_cmd(wd), cwd=ROOT, env=_env(cache_dir), capture_output=True, text=True, timeout=600)
