@@ -1,11 +1,12 @@
 """The embedded demo (`make demo`): four rounds of self-evolution on toy arithmetic word problems,
 from a ~0.46M-parameter Qwen2 (hidden 128, 2 layers) pretrained on a noisy scripted teacher, on a laptop CPU.
 
-vocab_size 512: the BPE saturates at ~510 on this corpus and keeps level-6 prompt+solution (~240
-tokens) inside seq_len 256. Pretraining: the model starts copying operands reliably only late. After
-6 epochs over 2000 teacher solutions, held-out greedy was 0.30 in one run and 0.09 in the next; 8
-epochs gave 0.35 (874 s at load 4). Rounds fine-tune from that base at a lower learning rate: a fresh
-AdamW at 3e-3 wiped the converged base in 9 steps (0.30 -> 0.02). Measured rounds: see README."""
+vocab_size 512: the BPE saturates at ~510 on this corpus. seq_len 320 holds a level-6 prompt plus a
+solution whose steps quote their sentences (~255 tokens). Pretraining: the model starts copying
+operands reliably only late. 8 epochs over 2000 teacher solutions gave 0.36 held-out greedy and 3
+epochs over 6000 gave 0.05; before the steps quoted their sentences, 6 epochs gave 0.30 in one run and
+0.09 in the next. Rounds fine-tune from that base at a lower learning rate: a fresh AdamW at 3e-3
+wiped the converged base in 9 steps (0.30 -> 0.02). Measured rounds: see README."""
 from configs import base
 
 
