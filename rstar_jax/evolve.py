@@ -235,8 +235,7 @@ class Evolution:
 
         rounds = range(self.config.first_round if self.config.get("accumulate_data", False) else r, r + 1)
         sources = [self.wd / f"round_{k}/select" for k in rounds]
-        sft = _unique([e for s in sources if (s / "sft_round.jsonl").exists() for e in read_sft(s / "sft_round.jsonl")])
-        pairs = _unique([p for s in sources if (s / "ppm_round.jsonl").exists() for p in read_ppm(s / "ppm_round.jsonl")])
+        sft, pairs = _gather(sources, "sft_round.jsonl", read_sft), _gather(sources, "ppm_round.jsonl", read_ppm)
         mix = self.config.get("teacher_mix", 0.0) if self.toy else 0.0
         n_teacher = int(round(len(sft) * mix / (1.0 - mix))) if 0 < mix < 1 else 0
         teacher = self.teacher_examples(1, derive(self.config.seed, r, "mix"))[:n_teacher] if n_teacher else []
@@ -352,9 +351,10 @@ def _epochs_for_steps(train_cfg, steps: int, examples, evo: "Evolution"):
     return train_cfg
 
 
-def _unique(items: list) -> list:
-    """`items` without repeats (records compare by value), first occurrence kept."""
-    return list(dict.fromkeys(items))
+def _gather(dirs: list[epath.Path], name: str, read: Callable[[epath.Path], list]) -> list:
+    """The records of file `name` in each of `dirs` that has one, in order, without repeats (records
+    compare by value; the first occurrence is kept)."""
+    return list(dict.fromkeys(x for d in dirs if (d / name).exists() for x in read(d / name)))
 
 
 def copy_dir(src: epath.Path, dst: epath.Path) -> None:

@@ -36,7 +36,6 @@ def test_interrupted_stage_is_redone(tmp_path):
     assert summary["saw_partial"] is True
 
 
-
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_training_sets_accumulate_rounds_without_repeats(tmp_path, accumulate):
     from configs import base

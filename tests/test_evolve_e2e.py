@@ -62,8 +62,8 @@ def test_demo_smoke_runs_the_whole_loop(reference, cache_dir):
     assert (wd / "round_4/policy/export/config.json").exists()
     assert report["equal_budget"]["problems"] == 4  # eval.equal_budget_problems of the 6 held-out
     # accumulate_data: round 2 trains on rounds 1 and 2's selections, each example once
-    r1, r2, both = (_lines(wd / f"round_{k}/select/{f}") for k, f in ((1, "sft_round.jsonl"), (2, "sft_round.jsonl"),
-                                                                        (2, "sft.jsonl")))
+    r1, r2 = _lines(wd / "round_1/select/sft_round.jsonl"), _lines(wd / "round_2/select/sft_round.jsonl")
+    both = _lines(wd / "round_2/select/sft.jsonl")
     assert set(r1) | set(r2) <= set(both) and len(set(both)) == len(both)
     assert "round" in r.stdout and "control" in r.stdout  # the printed table
     # A finished run, started again, redoes nothing.
