@@ -107,6 +107,7 @@ def selection_config() -> config_dict.ConfigDict:
             "ppm_other_side": 4,  # taken from the other side when one side has a single candidate
             "ppm_min_q_margin": 0.5,  # Q(pos) - Q(neg) at least this
             "ppm_min_edit_distance": 20,  # pos and neg steps at least this many characters apart
+            "ppm_final_per_side": 2,  # the paper's final-answer pairs: whole correct vs wrong trajectories per tree
         }
     )
 

@@ -12,6 +12,13 @@ Choices where the reference is loose, made on purpose:
 - A child with both correct and wrong descendants may serve either side, but never both in one node.
 - `pos_count`/`neg_count` count the distinct positives/negatives among the pairs kept at that node, so
   the loss weight 1/(pos_count*neg_count) makes each node's full grid of pairs weigh 1 in total.
+- Final-answer pairs (the paper's relaxed rule for the last step, `ppm_final_per_side`): the children of
+  a node that ends in an answer rarely differ, so step pairs almost never reach the answer step, yet the
+  answer step's score is what inference ranks terminals by. Per tree, the correct trajectories with the
+  highest mean step Q are paired with the wrong-answer trajectories with the lowest; prompt = the bare
+  question prompt, pos/neg = the whole responses. They skip the step filters (whole solutions that end
+  in different answers are the point), weigh 1 per tree like one node's grid, and leave out a pair
+  that a node already made.
 """
 from __future__ import annotations
 
@@ -64,6 +71,7 @@ class SelectionConfig:
     ppm_other_side: int = 4  # taken from the other side when one side has a single candidate
     ppm_min_q_margin: float = 0.5
     ppm_min_edit_distance: int = 20
+    ppm_final_per_side: int = 2  # whole correct / wrong trajectories paired per tree; 0 = step pairs only
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,17 +85,25 @@ def _has_error(tree: TreeRecord, node_id: int) -> bool:
 
 def select_sft(tree: TreeRecord, cfg: SelectionConfig = SelectionConfig()) -> list[SFTExample]:
     """The top correct root-to-leaf paths of one tree, ranked by (mean step Q, min step Q), error-free only."""
-    ranked = []
-    for node in tree.nodes[1:]:
-        if node.terminal != "answer" or node.correct is not True:
-            continue
-        path = tree.path(node.id)
-        if any(_has_error(tree, i) for i in path):
-            continue
-        qs = [tree.nodes[i].q for i in path]
-        ranked.append((sum(qs) / len(qs), min(qs), -node.id, node.id))
-    ranked.sort(reverse=True)  # ties go to the earlier-created leaf
-    return [SFTExample(tree.question, tree.response(leaf)) for *_, leaf in ranked[: cfg.sft_per_problem]]
+    clean = [leaf for leaf in _answers(tree, correct=True)
+             if not any(_has_error(tree, i) for i in tree.path(leaf))]
+    best = _rank_by_path_q(tree, clean)[: cfg.sft_per_problem]
+    return [SFTExample(tree.question, tree.response(leaf)) for leaf in best]
+
+
+def _answers(tree: TreeRecord, *, correct: bool) -> list[int]:
+    """Ids of the answer terminals graded `correct` (True) or wrong (False)."""
+    return [n.id for n in tree.nodes[1:] if n.terminal == "answer" and n.correct is correct]
+
+
+def _rank_by_path_q(tree: TreeRecord, leaves: list[int], *, worst_first: bool = False) -> list[int]:
+    """Leaves by their paths' (mean step Q, min step Q), best (or worst) first; ties go to the earlier leaf."""
+    sign = 1.0 if worst_first else -1.0
+
+    def key(leaf: int) -> tuple[float, float, int]:
+        qs = [tree.nodes[i].q for i in tree.path(leaf)]
+        return (sign * sum(qs) / len(qs), sign * min(qs), leaf)
+    return sorted(leaves, key=key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,7 +186,24 @@ def select_ppm(tree: TreeRecord, cfg: SelectionConfig = SelectionConfig()) -> li
         n_neg = len({n for _, n in kept})
         prompt = prompt_head + tree.response(node.id)
         pairs.extend(PPMPair(prompt, tree.nodes[p].text, tree.nodes[n].text, n_pos, n_neg) for p, n in kept)
-    return pairs
+    known = {(p.prompt + p.pos, p.prompt + p.neg) for p in pairs}
+    return pairs + _final_pairs(tree, cfg, known)
+
+
+def _final_pairs(tree: TreeRecord, cfg: SelectionConfig, known: set[tuple[str, str]]) -> list[PPMPair]:
+    """Whole-trajectory pairs: top correct (highest mean step Q) x bottom wrong-answer (lowest mean step Q).
+
+    A pair already made at a node (two answers that share all earlier steps) is not made twice; `known`
+    holds the full prompt+pos / prompt+neg texts of the step pairs."""
+    k = cfg.ppm_final_per_side
+    pos = _rank_by_path_q(tree, _answers(tree, correct=True))[:k]
+    neg = _rank_by_path_q(tree, _answers(tree, correct=False), worst_first=True)[:k]
+    prompt = build_prompt(tree.question)
+    kept = [(p, n) for p in pos for n in neg
+            if (prompt + tree.response(p), prompt + tree.response(n)) not in known]
+    n_pos = len({p for p, _ in kept})
+    n_neg = len({n for _, n in kept})
+    return [PPMPair(prompt, tree.response(p), tree.response(n), n_pos, n_neg) for p, n in kept]
 
 
 def select_all(trees: Iterable[TreeRecord], cfg: SelectionConfig = SelectionConfig()

@@ -9,6 +9,8 @@ from rstar_jax.io import InputError
 from rstar_jax.mcts.records import NodeRecord, TreeRecord, write_trees
 from rstar_jax.steps import build_prompt
 
+STEP_PAIRS_ONLY = sel.SelectionConfig(ppm_final_per_side=0)
+
 
 def _step(tag: str) -> str:
     # Distinct tags give step texts far apart in edit distance.
@@ -51,7 +53,7 @@ def test_ppm_pairs_follow_the_reference_rules():
         (0, _step("e"), 0.5, "answer", False, None),  # 5 neg, margin to 2 is .3 -> dropped with 2, kept with 1
         (0, _step("f"), 0.0, "dead", None, "ZeroDivisionError"),  # 6 dead counts as wrong, not in bottom 2
     ])
-    pairs = sel.select_ppm(tree)
+    pairs = sel.select_ppm(tree, STEP_PAIRS_ONLY)
     got = {(p.pos, p.neg) for p in pairs}
     # bottom-2 negatives are 4 (-0.9) and 6 (0.0); every pair clears the 0.5 margin
     assert got == {(_step(a), _step(b)) for a in "ab" for b in "df"}
@@ -71,7 +73,7 @@ def test_ppm_margin_edit_distance_and_other_side_rule():
         (1, near, -0.5, "answer", False, None),  # 6: too close in text
         (1, _step("e"), 0.6, "answer", False, None),  # 7: margin 0.3 < 0.5
     ])
-    pairs = sel.select_ppm(tree)
+    pairs = sel.select_ppm(tree, STEP_PAIRS_ONLY)
     assert {p.neg for p in pairs} == {_step("b"), _step("c"), _step("d")}
     assert {p.pos for p in pairs} == {_step("a")}
     assert all(p.prompt == build_prompt(tree.question) + _step("s") for p in pairs)
@@ -86,8 +88,36 @@ def test_child_with_both_outcomes_is_not_paired_with_itself():
         (1, _step("y"), -1.0, "answer", False, None),
         (0, _step("b"), -0.5, "answer", False, None),  # 4
     ])
-    root_pairs = [p for p in sel.select_ppm(tree) if p.prompt == build_prompt(tree.question)]
+    root_pairs = [p for p in sel.select_ppm(tree, STEP_PAIRS_ONLY) if p.prompt == build_prompt(tree.question)]
     assert [(p.pos, p.neg) for p in root_pairs] == [(_step("a"), _step("b"))]
+
+
+def test_final_answer_pairs_compare_whole_trajectories_by_mean_q():
+    ans = lambda tag, v: _step(tag) + f"<answer>{v}<end_of_answer>"  # noqa: E731
+    tree = _tree([
+        (0, _step("s"), 0.0, None, None, None),  # 1: shared first step
+        (1, ans("a", 2), 1.0, "answer", True, None),  # 2: correct, mean .5
+        (1, _step("b"), 0.4, None, None, None),  # 3
+        (3, ans("c", 2), 1.0, "answer", True, None),  # 4: correct, mean .47
+        (3, ans("d", 2), 0.6, "answer", True, None),  # 5: correct, mean .33 -> third, not taken
+        (1, ans("e", 5), -1.0, "answer", False, None),  # 6: wrong, mean -.5 -> lowest
+        (3, ans("f", 7), -1.0, "answer", False, None),  # 7: wrong, mean -.2
+        (3, ans("g", 8), 0.2, "answer", False, None),  # 8: wrong, mean .2 -> third, not taken
+        (1, _step("h"), -1.0, "dead", None, "NameError: y"),  # 9: dead ends have no final answer
+    ])
+    final = [p for p in sel.select_ppm(tree) if p.pos.endswith("<end_of_answer>") and p.pos.startswith(_step("s"))]
+    # Top correct 2, 4 x bottom wrong 6, 7; (2, 6) and (4, 7) are already step pairs at nodes 1 and 3.
+    assert {(p.pos, p.neg) for p in final} == {(tree.response(2), tree.response(7)), (tree.response(4), tree.response(6))}
+    assert all(p.prompt == build_prompt(tree.question) and (p.pos_count, p.neg_count) == (2, 2) for p in final)
+    # Step pairs are unchanged by the final rule; with it off, or without any wrong answer, there are none.
+    steps = sel.select_ppm(tree, STEP_PAIRS_ONLY)
+    assert sel.select_ppm(tree) == steps + final
+    one_side = _tree([(0, _step("s"), 0.0, None, None, None), (1, ans("a", 2), 1.0, "answer", True, None),
+                      (1, ans("c", 2), 0.5, "answer", True, None)])
+    assert sel.select_ppm(one_side) == []
+    # Two one-step answers are already a pair at the root: the final rule does not repeat it.
+    siblings = _tree([(0, ans("a", 2), 0.9, "answer", True, None), (0, ans("b", 3), -0.9, "answer", False, None)])
+    assert sel.select_ppm(siblings) == sel.select_ppm(siblings, STEP_PAIRS_ONLY) != []
 
 
 @pytest.mark.parametrize("seed", range(20))
