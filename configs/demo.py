@@ -39,8 +39,11 @@ def get_config():
     for r in (1, 2, 3, 4):
         config[f"round{r}"].rollouts = 4
     config.round4.extra_rollouts = [8]
-    config.eval.samples, config.eval.temperature, config.eval.top_p, config.eval.max_tokens = 4, 1.0, 1.0, 256
-    config.eval.mcts_overrides = dict(num_children=4, rollouts=4, runs=2, vote_top_k=2)
+    # Evaluation samples cooler than the search (1.0, for diverse training data): on the dev split (not the
+    # held-out set) round 4's majority@8 rose from 0.42 to 0.49 at 0.6, and picking 1 of 8 by the last-step
+    # score of a PPM trained with final-answer pairs from 0.28 to 0.39.
+    config.eval.samples, config.eval.temperature, config.eval.top_p, config.eval.max_tokens = 4, 0.6, 1.0, 256
+    config.eval.mcts_overrides = dict(num_children=4, rollouts=4, runs=2, vote_top_k=2, temperature=0.6)
     config.eval.equal_budget = True  # last round: MCTS (terminal-guided and PPM) vs best-of-N at equal tokens
     config.eval.equal_budget_problems = 50
     config.control.enabled = True

@@ -231,8 +231,9 @@ def equal_budget(generator: Generator, tokenizer, mcts_policy, scorer, problems:
     as in training-data search) of terminal-guided MCTS, PPM-augmented MCTS and best-of-N sampling.
 
     Both searches run with `cfg.mcts` (rollouts as configured); N is then chosen so best-of-N decodes
-    about as many tokens per problem as the larger of the two searches. The explanation is built
-    from the measured counters, not written in advance.
+    about as many tokens per problem as the larger of the two searches, sampling at the search's
+    temperature and top-p (not the evaluation's), so that only the search differs. The explanation is
+    built from the measured counters, not written in advance.
     """
     from rstar_jax.mcts.search import LockstepSearch
 
@@ -253,12 +254,12 @@ def equal_budget(generator: Generator, tokenizer, mcts_policy, scorer, problems:
                           "errors": sum(n.dead_reason == "error" for t in trees for n in t.nodes),
                           "first_success_rollout": _mean(_first_success(t) for t in trees if _first_success(t))}
     budget = max(counters["mcts"]["tokens"], counters["mcts_ppm"]["tokens"]) / max(len(problems), 1)
-    pilot = sample_solutions(generator, tokenizer, problems, 2, sandbox=sandbox, temperature=cfg.temperature,
-                             top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed + 1, max_rows=cfg.max_rows)
+    sampler = dict(sandbox=sandbox, temperature=cfg.mcts.temperature, top_p=cfg.mcts.top_p,
+                   max_tokens=cfg.max_tokens, max_rows=cfg.max_rows)
+    pilot = sample_solutions(generator, tokenizer, problems, 2, seed=seed + 1, **sampler)
     per_sample = _mean(s.tokens for row in pilot for s in row) or 1.0
     n = max(1, int(round(budget / per_sample)))
-    sampled = sample_solutions(generator, tokenizer, problems, n, sandbox=sandbox, temperature=cfg.temperature,
-                               top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed, max_rows=cfg.max_rows)
+    sampled = sample_solutions(generator, tokenizer, problems, n, seed=seed, **sampler)
     results["best_of_n"] = _mean(any(s.correct for s in row) for row in sampled)
     counters["best_of_n"] = {"tokens": sum(s.tokens for row in sampled for s in row), "n": n}
     results["n"] = n

@@ -1,10 +1,14 @@
-"""Evaluation sampling with a tiny random Qwen2: the row cap per generate call bounds memory without
-changing any solution."""
+"""Evaluation with a tiny random Qwen2: the row cap per generate call bounds memory without changing
+any solution; the equal-budget comparison samples best-of-N as the search samples."""
 import pytest
 
 from rstar_jax.data import toyworld
-from rstar_jax.evaluate import sample_solutions
+from configs.base import eval_config, mcts_config
+from rstar_jax.evaluate import equal_budget, sample_solutions
 from rstar_jax.generate import Generator
+from rstar_jax.mcts.lm_policy import LMPolicy
+from rstar_jax.mcts.scorer import PPMScorer
+from rstar_jax.models import init_model
 from rstar_jax.sandbox import Sandbox
 from random_policy import tiny_policy
 
@@ -16,8 +20,11 @@ class CountingGenerator(Generator):
         super().__init__(model)
         self.rows: list[int] = []
 
+        self.temperatures: list[float] = []
+
     def generate(self, prompts, max_new_tokens, *, n=1, **kw):
         self.rows.append(len(prompts) * n)
+        self.temperatures.append(kw.get("temperature"))
         return super().generate(prompts, max_new_tokens, n=n, **kw)
 
 
@@ -60,3 +67,19 @@ def test_bad_row_cap(tiny):
     model, tok, problems, sb = tiny
     with pytest.raises(ValueError, match="max_rows"):
         sample_solutions(Generator(model), tok, problems, 2, sandbox=sb, temperature=1.0, max_rows=0)
+
+
+def test_equal_budget_samples_at_the_search_temperature(tiny):
+    model, tok, problems, sb = tiny
+    cfg = eval_config()
+    cfg.mcts = mcts_config()
+    cfg.mcts.update(num_children=2, rollouts=2, max_step_tokens=12, max_depth=3, temperature=0.9, top_p=1.0)
+    cfg.update(temperature=0.3, max_tokens=24)  # the evaluation's own sampler must not be used here
+    gen = CountingGenerator(model)
+    ppm = PPMScorer(init_model(model.config, seed=1, ppm=True), tok)
+    out = equal_budget(gen, tok, LMPolicy(model, tok, cfg.mcts), ppm, problems, cfg, sandbox=sb, seed=0)
+    assert gen.temperatures and set(gen.temperatures) == {0.9}
+    assert out["problems"] == len(problems) and out["n"] >= 1
+    searched = max(out["tokens"]["mcts"], out["tokens"]["mcts_ppm"])
+    assert searched > 0 and 0 < out["tokens"]["best_of_n"] <= 3 * searched  # N sized to the search's tokens
+    assert all(0.0 <= out[k] <= 1.0 for k in ("mcts", "mcts_ppm", "best_of_n")) and out["explanation"]
