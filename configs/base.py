@@ -54,6 +54,7 @@ def ppm_train_config() -> config_dict.ConfigDict:
     """PPM hyper-parameters (rstar_jax.train.ppm); the value head starts fresh on the SFT policy."""
     config = train_config()
     config.seq_len = 1024  # question prompt + prefix steps + one step
+    config.min_width = 64  # a batch is cut to the power-of-two bucket >= its longest pair; 0 = always seq_len
     config.head_init_std = 0.02  # std of the fresh value head's weights
     config.head_seed = 0
     return config

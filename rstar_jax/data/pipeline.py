@@ -10,6 +10,8 @@ mask boundary is exact; only response tokens and the EOS carry loss. Sequences a
 into rows of `seq_len`; `segment_ids` (0 = padding) and `positions` keep packed examples apart.
 PPM sequences are prompt + step, right-padded, with their true lengths (the PPM reads the score at
 the last real token); an over-long one keeps its last `seq_len` tokens, so the scored step survives.
+With `min_width`, each PPM batch is cut to the power-of-two bucket of its longest sequence (at most
+`seq_len`): pairs are mostly far shorter than the longest, and a few buckets cost a few compiles.
 The iterators are grain DatasetIterators: `get_state()` / `set_state()` give the exact position,
 which the trainers checkpoint with the model.
 """
@@ -26,6 +28,7 @@ from absl import logging
 from grain.experimental import FirstFitPackIterDataset, ThreadPrefetchIterDataset
 
 from rstar_jax.data.selection import PPMPair, SFTExample
+from rstar_jax.generate import bucket
 from rstar_jax.steps import build_prompt
 
 Batch = dict[str, np.ndarray]
@@ -150,19 +153,27 @@ def _left_cut(ids: list[int], seq_len: int, pad_id: int) -> tuple[np.ndarray, in
     return arr, len(ids), cut
 
 
-def _finish_ppm_batch(batch: Batch, rows: int, shard: Shard) -> Batch:
-    """Pads a short last batch with zero-weight pairs of length 1, keeps this process's rows."""
+def _finish_ppm_batch(batch: Batch, rows: int, shard: Shard, min_width: int) -> Batch:
+    """Pads a short last batch with zero-weight pairs of length 1, cuts the global batch's padding
+    columns to a bucket (`min_width` > 0; the same width on every process), keeps this process's rows."""
     fills = {"pos_len": 1, "neg_len": 1}
+    if min_width:
+        longest = int(max(batch["pos_len"].max(), batch["neg_len"].max()))
+        width = min(batch["pos_ids"].shape[1], bucket(longest, min_width))
+        batch = {**batch, "pos_ids": batch["pos_ids"][:, :width], "neg_ids": batch["neg_ids"][:, :width]}
     return {k: _pad_rows(v, rows, fills.get(k, 0))[shard.rows(rows)] for k, v in batch.items()}
 
 
 def ppm_dataset(tokenized: list[dict[str, np.ndarray]], *, rows: int, epochs: int, seed: int,
-                shard: Shard = Shard(), shuffle: bool = True, prefetch: int = 2) -> grain.IterDataset:
-    """Batches of `rows` global pairs (this process's slice), `epochs` seeded passes, last batch padded."""
+                shard: Shard = Shard(), shuffle: bool = True, prefetch: int = 2,
+                min_width: int = 0) -> grain.IterDataset:
+    """Batches of `rows` global pairs (this process's slice), `epochs` seeded passes, last batch padded;
+    `min_width` > 0 cuts each batch to the power-of-two bucket of its longest pair (0: always seq_len)."""
     ds = grain.MapDataset.source(tokenized)
     if shuffle:
         ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(epochs).batch(rows, drop_remainder=False).map(lambda b: _finish_ppm_batch(b, rows, shard))
+    ds = ds.repeat(epochs).batch(rows, drop_remainder=False).map(
+        lambda b: _finish_ppm_batch(b, rows, shard, min_width))
     ds = ds.to_iter_dataset()
     return ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch) if prefetch else ds
 

@@ -68,7 +68,8 @@ def train_ppm(model: nnx.Module, tokenizer, pairs: Sequence[PPMPair], cfg, workd
 
         def held_out(state):
             batches = iter(pipeline.ppm_dataset(eval_tok, rows=setup.micro_rows, epochs=1, seed=cfg.seed,
-                                                shard=shard, shuffle=False, prefetch=cfg.prefetch))
+                                                shard=shard, shuffle=False, prefetch=cfg.prefetch,
+                                                min_width=cfg.min_width))
             t = trainer.evaluate(setup.eval_step, state, batches, mesh)
             return {"loss": t["loss_sum"] / max(t["weight"], 1e-12), "accuracy": t["correct"] / max(t["pairs"], 1.0)}
 
@@ -77,7 +78,7 @@ def train_ppm(model: nnx.Module, tokenizer, pairs: Sequence[PPMPair], cfg, workd
     state, history, last_eval = trainer.fit(
         setup.state, step_fn=setup.train_step, mesh=mesh, workdir=workdir, eval_fn=eval_fn, on_step=on_step,
         data=lambda: iter(pipeline.ppm_dataset(tokd, rows=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
-                                               shard=shard, prefetch=cfg.prefetch)),
+                                               shard=shard, prefetch=cfg.prefetch, min_width=cfg.min_width)),
         loop=common.loop_config(cfg, num_steps, "ppm"))
     summary = common.summarize(history, last_eval, time.perf_counter() - t0)
     if history:

@@ -135,6 +135,25 @@ def test_ppm_batches_lengths_weights_and_padding(tok):
         assert all(np.array_equal(w[k], np.concatenate([a[k], b[k]])) for k in pl.PPM_FIELDS)
 
 
+def test_ppm_batches_cut_to_their_longest_pair_bucket(tok):
+    pairs = _pairs(5) + [PPMPair(build_prompt("long " * 40), "x = 1\n<end_of_step>", "x = 2\n<end_of_step>")]
+    tokd = pl.tokenize_ppm(tok, pairs, seq_len=256)
+    full = _batches(pl.ppm_dataset(tokd, rows=2, epochs=1, seed=3))
+    cut = _batches(pl.ppm_dataset(tokd, rows=2, epochs=1, seed=3, min_width=16))
+    widths = []
+    for f, c in zip(full, cut, strict=True):
+        w = c["pos_ids"].shape[1]
+        widths.append(w)
+        longest = max(f["pos_len"].max(), f["neg_len"].max())
+        assert w == max(16, 1 << int(longest - 1).bit_length()) and c["neg_ids"].shape[1] == w
+        assert all(np.array_equal(f[k][:, :w], c[k]) for k in ("pos_ids", "neg_ids"))
+        assert np.all(f["pos_ids"][:, w:] == tok.pad_id) and np.all(f["neg_ids"][:, w:] == tok.pad_id)
+    assert len(set(widths)) == 2 and max(widths) <= 256  # the long pair's batch is wider than the others
+    parts = [_batches(pl.ppm_dataset(tokd, rows=2, epochs=1, seed=3, min_width=16, shard=pl.Shard(i, 2)))
+             for i in range(2)]
+    assert [b["pos_ids"].shape[1] for b in parts[0]] == [b["pos_ids"].shape[1] for b in parts[1]] == widths
+
+
 def test_ppm_long_sequences_keep_their_last_tokens(tok):
     pair = _pairs(1)[0]
     full = tok.encode(pair.prompt) + tok.encode(pair.pos)

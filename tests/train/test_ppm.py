@@ -69,3 +69,24 @@ def test_pairwise_loss_weights_and_accuracy():
     assert float(loss_sum) == pytest.approx(want, rel=1e-6)
     assert float(weight_sum) == 0.75
     assert (float(sums["correct"]), float(sums["pairs"]), float(sums["tokens"])) == (1.0, 2.0, 5.0)
+
+
+def test_scores_ignore_the_padding_a_cut_batch_drops():
+    """The pipeline cuts PPM batches to a bucket of their longest pair: right padding must not move a score."""
+    from rstar_jax.data import pipeline
+    from rstar_jax.models import Qwen2Config, init_model
+
+    pairs = _pairs(6)
+    tok = train_demo_tokenizer([p.prompt + p.pos + p.neg for p in pairs], vocab_size=320)
+    cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+    model = init_model(cfg, seed=0, ppm=True, head_init_std=0.5)
+    full = next(iter(pipeline.ppm_dataset(pipeline.tokenize_ppm(tok, pairs, 256), rows=6, epochs=1, seed=0)))
+    cut = next(iter(pipeline.ppm_dataset(pipeline.tokenize_ppm(tok, pairs, 256), rows=6, epochs=1, seed=0,
+                                         min_width=16)))
+    assert cut["pos_ids"].shape[1] < 256
+    for side in ("pos", "neg"):
+        a = ppm.ppm_scores(model, jnp.asarray(full[f"{side}_ids"]), jnp.asarray(full[f"{side}_len"]))
+        b = ppm.ppm_scores(model, jnp.asarray(cut[f"{side}_ids"]), jnp.asarray(cut[f"{side}_len"]))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+        assert np.ptp(np.asarray(a)) > 1e-3  # the scores differ by pair, so a misread position would show
