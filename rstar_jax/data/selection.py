@@ -199,11 +199,11 @@ def _final_pairs(tree: TreeRecord, cfg: SelectionConfig, known: set[tuple[str, s
     pos = _rank_by_path_q(tree, _answers(tree, correct=True))[:k]
     neg = _rank_by_path_q(tree, _answers(tree, correct=False), worst_first=True)[:k]
     prompt = build_prompt(tree.question)
-    kept = [(p, n) for p in pos for n in neg
-            if (prompt + tree.response(p), prompt + tree.response(n)) not in known]
+    text = {leaf: tree.response(leaf) for leaf in pos + neg}
+    kept = [(p, n) for p in pos for n in neg if (prompt + text[p], prompt + text[n]) not in known]
     n_pos = len({p for p, _ in kept})
     n_neg = len({n for _, n in kept})
-    return [PPMPair(prompt, tree.response(p), tree.response(n), n_pos, n_neg) for p, n in kept]
+    return [PPMPair(prompt, text[p], text[n], n_pos, n_neg) for p, n in kept]
 
 
 def select_all(trees: Iterable[TreeRecord], cfg: SelectionConfig = SelectionConfig()
