@@ -6,6 +6,11 @@ and each row carries its own positions, so mixed lengths share one batch. `n` sa
 share one prefill: its KV cache is repeated, not recomputed. Each row draws from its own PRNG stream
 (seed of its prompt, sample index, token index), so results do not depend on batch composition.
 
+`generate_extending` continues prompts whose keys/values are already known (a `PrefixKV`, e.g. a
+search node's path, kept from the call that decoded it): only the prompts without one are
+prefilled, and every completion that ended on a stop token returns its own keys/values, so a tree's
+path is never prefilled twice. Its prompt caches live on the host between calls.
+
 Stop tokens end a row inside the device loop. Stop strings need text, so they are checked on the
 host between decode chunks of `stop_check_every` tokens; the loop exits early once every row stopped.
 """
@@ -28,7 +33,7 @@ from rstar_jax.models.qwen2 import _MASKED, Qwen2ForCausalLM
 
 COMPILES: list[tuple] = []  # one entry per traced program: (name, shape key); tests and logs read it
 ROW_REUSE = 4  # a call may run in an already compiled row bucket up to this many times its own
-_ROW_BUCKETS: dict[tuple, set[int]] = {}  # (prompt bucket, new bucket, n) -> row buckets used so far
+_ROW_BUCKETS: dict[tuple, set[int]] = {}  # (prompt bucket, new bucket, n, shards, sampler) -> row buckets used so far
 
 STOP_TOKEN, STOP_STRING, LENGTH = "stop_token", "stop_string", "length"
 
@@ -44,10 +49,34 @@ class Completion:
     stop_reason: str
     logprob: float
     prompt_tokens: int
+    kv: "PrefixKV | None" = None  # generate_extending: the new tokens' keys/values when a stop token ended them
 
     @property
     def new_tokens(self) -> int:
         return len(self.tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixKV:
+    """Keys and values of a token sequence (per layer [kv_heads, length, head_dim], host arrays) and
+    the fp32 logits of the token that follows it ([vocab]): all a decode needs to continue it."""
+
+    k: tuple[np.ndarray, ...]
+    v: tuple[np.ndarray, ...]
+    logits: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return self.k[0].shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.k + self.v) + self.logits.nbytes
+
+    def extend(self, tail: "PrefixKV") -> "PrefixKV":
+        """This sequence followed by `tail` (whose keys/values sit at the positions after this one)."""
+        cat = lambda a, b: tuple(np.concatenate([x, y], axis=1) for x, y in zip(a, b))
+        return PrefixKV(cat(self.k, tail.k), cat(self.v, tail.v), tail.logits)
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -120,14 +149,29 @@ def mask_top_k_top_p(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> j
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def sampler_for(temperature: float, top_k: int, top_p: float) -> str:
+    """The smallest sampler that serves a call whose rows all use these settings: a decode program
+    holds only that one (the top-k / top-p machinery alone more than doubles a CPU compile)."""
+    if temperature == 0:
+        return "greedy"
+    return "plain" if top_k == 0 and top_p >= 1.0 else "masked"
+
+
 def sample(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
-           top_p: jax.Array) -> jax.Array:
+           top_p: jax.Array, sampler: str = "masked") -> jax.Array:
     """Next token per row: argmax where temperature == 0, else a draw from softmax(logits / T)
     restricted by top-k / top-p. Each row uses only its own key.
 
     A row whose kept tokens all lie among its TOP_P_CANDIDATES best draws among those alone (the same
-    distribution, a 16x smaller draw); other rows draw over the whole masked vocabulary."""
+    distribution, a 16x smaller draw); other rows draw over the whole masked vocabulary. `sampler`
+    (static) may drop what no row needs: "greedy" (every temperature is 0), "plain" (no top-k /
+    top-p); each gives exactly the tokens "masked" gives for such rows."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if sampler == "greedy":
+        return greedy
+    if sampler == "plain":
+        scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+        return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
     categorical = jax.vmap(jax.random.categorical)
 
     def draw(_):
@@ -169,14 +213,19 @@ def _prefill(graphdef, state, ids, positions, seeds, n: int):
     b, p = ids.shape
     cache = model.init_cache(b, p)
     logits, cache = model.forward_cached(ids, positions, cache, 0, last_only=True)
-    # Tree-structured prefix reuse plugs in here: instead of prefilling from slot 0, start from a
-    # node's stored cache slice and prefill only the tokens it adds.
     to_heads = lambda x: jnp.transpose(x, (0, 2, 1, 3))
     prompt = dict(k=[to_heads(k) for k in cache.k], v=[to_heads(v) for v in cache.v], visible=cache.pos >= 0)
-    rep = lambda x: jnp.repeat(x, n, axis=0)
+    return jnp.repeat(logits, n, axis=0), prompt, _row_keys(seeds, n)
+
+
+def _row_keys(seeds, n: int):
+    """PRNG key of each of the B*n rows (prompt-major): key(seed of its prompt; seeds [B, 2] = low,
+    high 32 bits) folded with its sample index."""
     base = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s[0]), s[1]))(seeds)
-    keys = jax.vmap(jax.random.fold_in)(rep(base), jnp.tile(jnp.arange(n), b))
-    return rep(logits), prompt, keys
+    return jax.vmap(jax.random.fold_in)(jnp.repeat(base, n, axis=0), jnp.tile(jnp.arange(n), seeds.shape[0]))
+
+
+_row_keys_jit = jax.jit(_row_keys, static_argnames=("n",))
 
 
 def _attend_shared(q, prompt_k, prompt_v, prompt_visible, new_k, new_v, step):
@@ -221,11 +270,11 @@ def _decode_forward(model: Qwen2ForCausalLM, tok, positions, prompt: dict, new_k
     return model.logits(h[:, -1]), [k for k, _ in kv], [v for _, v in kv]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("carry",))
-def _decode(graphdef, state, carry: dict, prompt: dict, stop_ids, temperature, top_k, top_p, until):
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampler"), donate_argnames=("carry",))
+def _decode(graphdef, state, carry: dict, prompt: dict, stop_ids, temperature, top_k, top_p, until, sampler: str):
     """Runs the decode loop from carry["step"] until step == `until` or every row is done; exits as
     soon as every row has stopped (no step is spent on finished batches)."""
-    _log_compile("decode", (carry["tokens"].shape, prompt["visible"].shape))
+    _log_compile("decode", (carry["tokens"].shape, prompt["visible"].shape, sampler, "after_stop" in carry))
     model = nnx.merge(graphdef, state)
 
     def cond(c):
@@ -234,7 +283,7 @@ def _decode(graphdef, state, carry: dict, prompt: dict, stop_ids, temperature, t
     def body(c):
         step = c["step"]
         keys = jax.vmap(jax.random.fold_in, (0, None))(c["keys"], step)
-        tok = sample(c["logits"], keys, temperature, top_k, top_p)
+        tok = sample(c["logits"], keys, temperature, top_k, top_p, sampler)
         tok = jnp.where(c["done"], 0, tok)
         logp = jnp.take_along_axis(jax.nn.log_softmax(c["logits"], axis=-1), tok[:, None], axis=-1)
         logps = jax.lax.dynamic_update_slice(c["logps"], logp, (0, step))
@@ -245,8 +294,11 @@ def _decode(graphdef, state, carry: dict, prompt: dict, stop_ids, temperature, t
         # Rows already done compute garbage from here on; nothing of it is read.
         logits, new_k, new_v = _decode_forward(model, tok, c["prompt_len"] + step, prompt, c["new_k"], c["new_v"],
                                                step)
-        return dict(c, step=step + 1, tokens=tokens, done=done, length=length, logps=logps,
-                    logits=logits, new_k=new_k, new_v=new_v, stopped=c["stopped"] | hit)
+        out = dict(c, step=step + 1, tokens=tokens, done=done, length=length, logps=logps,
+                   logits=logits, new_k=new_k, new_v=new_v, stopped=c["stopped"] | hit)
+        if "after_stop" in c:  # generate_extending: what follows a stop token, so continuing the row needs no prefill
+            out["after_stop"] = jnp.where(hit[:, None], logits, c["after_stop"])
+        return out
 
     return jax.lax.while_loop(cond, body, carry)
 
@@ -258,6 +310,14 @@ def _find_stop(text: str, stop_strings: Sequence[str]) -> int:
     """End offset of the earliest stop string in `text`, or -1."""
     ends = [i + len(s) for s in stop_strings if (i := text.find(s)) >= 0]
     return min(ends) if ends else -1
+
+
+def _seed_words(seeds: Sequence[int], rows: int) -> np.ndarray:
+    """[rows, 2] uint32 (low, high 32 bits) of each prompt's seed; filler rows get 0."""
+    words = np.zeros((rows, 2), np.uint32)
+    words[: len(seeds), 0] = [s & 0xFFFFFFFF for s in seeds]
+    words[: len(seeds), 1] = [(s >> 32) & 0xFFFFFFFF for s in seeds]
+    return words
 
 
 def _cut_at_stop(tokens: list[int], decode: Callable[[list[int]], str], stop_strings) -> tuple[list[int], str] | None:
@@ -314,27 +374,15 @@ class Generator:
         seed per prompt (default: `seed` for all)."""
         if not prompts:
             return []
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError(f"generate: prompt {[len(p) for p in prompts].index(0)} is empty")
-        if max_new_tokens < 1 or n < 1:
-            raise ValueError(f"generate: max_new_tokens={max_new_tokens} and n={n} must be >= 1")
-        if not (0.0 < top_p <= 1.0) or top_k < 0 or temperature < 0:
-            raise ValueError(f"generate: bad sampling settings temperature={temperature} top_p={top_p} top_k={top_k}")
-        bad = [t for p in prompts for t in p if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"generate: token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
+        self._check_prompts(prompts)
+        seeds = self._check_call(len(prompts), max_new_tokens, n, temperature, top_p, top_k, seed, seeds)
         decode_fn = getattr(decode, "decode", decode)
         if stop_strings and decode_fn is None:
             raise ValueError("generate: stop_strings need `decode` (a tokenizer or a function ids -> text)")
-        seeds = list(seeds) if seeds is not None else [seed] * len(prompts)
-        if len(seeds) != len(prompts):
-            raise ValueError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts")
-
-        shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         b = len(prompts)
         p_pad = bucket(max(len(p) for p in prompts), self.min_prompt_bucket)
         new_pad = bucket(max_new_tokens, self.min_new_bucket)
-        b_pad = row_bucket(b, (p_pad, new_pad, n, shards), shards)
+        b_pad = row_bucket(b, (p_pad, new_pad, n, self._shards, sampler_for(temperature, top_k, top_p)), self._shards)
         ids = np.zeros((b_pad, p_pad), np.int32)
         positions = np.full((b_pad, p_pad), -1, np.int32)
         lens = np.ones(b_pad, np.int32)
@@ -343,32 +391,142 @@ class Generator:
             positions[i, p_pad - len(p):] = np.arange(len(p))
             lens[i] = len(p)
         positions[b:, -1] = 0  # filler rows: one token, done from the start
-        seed_words = np.zeros((b_pad, 2), np.uint32)
-        seed_words[:b, 0] = [s & 0xFFFFFFFF for s in seeds]
-        seed_words[:b, 1] = [(s >> 32) & 0xFFFFFFFF for s in seeds]
         with self._mesh_context():
             logits, prompt, keys = _prefill(self.graphdef, self.state, self._put(ids), self._put(positions),
-                                            self._put(seed_words), n)
+                                            self._put(_seed_words(seeds, b_pad)), n)
+        final, cut = self._decode_rows(logits, prompt, keys, lens, b, n, new_pad, max_new_tokens,
+                                       dict(temperature=temperature, top_k=top_k, top_p=top_p), stop_token_ids,
+                                       stop_strings, decode_fn)
+        return [self._completion(i, final, cut, decode_fn, int(lens[i // n]), stop_strings) for i in range(b * n)]
+
+    def generate_extending(self, prompts: Sequence[Sequence[int] | None], prefixes: Sequence[PrefixKV | None],
+                           max_new_tokens: int, *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
+                           top_k: int = 0, stop_token_ids: Sequence[int] = (), decode: Any = None,
+                           seeds: Sequence[int] | None = None) -> tuple[list[Completion], list[PrefixKV]]:
+        """`generate` (stop tokens only) for prompts of which some are already known as a `PrefixKV`
+        (prompt i is `prefixes[i]` when given, else the token ids `prompts[i]`, which are prefilled).
+
+        Returns the completions, each with `.kv` = its new tokens' keys/values and the logits after its
+        stop token (None when it ran out of tokens), and every prompt's PrefixKV, so a caller can
+        continue any of them, or prompt + completion (`PrefixKV.extend`), without a prefill. Sampling
+        from a PrefixKV gives the same tokens as from its ids, up to float rounding."""
+        if len(prompts) != len(prefixes):
+            raise ValueError(f"generate_extending: {len(prompts)} prompts for {len(prefixes)} prefixes")
+        if not prompts:
+            return [], []
+        missing = [i for i, kv in enumerate(prefixes) if kv is None]
+        self._check_prompts([prompts[i] for i in missing])
+        seeds = self._check_call(len(prompts), max_new_tokens, n, temperature, top_p, top_k, 0, seeds)
+        decode_fn = getattr(decode, "decode", decode)
+        known = list(prefixes)
+        if missing:  # prefilled alone (greedy, one new token: only their keys/values and last logits are kept)
+            filled = self._prompt_kv([prompts[i] for i in missing])
+            for i, kv in zip(missing, filled):
+                known[i] = kv
+        b = len(known)
+        p_pad = bucket(max(kv.length for kv in known), self.min_prompt_bucket)
+        new_pad = bucket(max_new_tokens, self.min_new_bucket)
+        b_pad = row_bucket(b, (p_pad, new_pad, n, self._shards, sampler_for(temperature, top_k, top_p)), self._shards)
+        k_pad = lambda: np.zeros((b_pad, self._kv_heads, p_pad, self._head_dim), self._kv_dtype)
+        pk, pv = [k_pad() for _ in range(self._layers)], [k_pad() for _ in range(self._layers)]
+        visible = np.zeros((b_pad, p_pad), bool)
+        visible[b:, -1] = True  # filler rows: one visible slot, done from the start
+        logits = np.zeros((b_pad, self.vocab_size), np.float32)
+        lens = np.ones(b_pad, np.int32)
+        for i, kv in enumerate(known):
+            for layer in range(self._layers):
+                pk[layer][i, :, p_pad - kv.length:] = kv.k[layer]
+                pv[layer][i, :, p_pad - kv.length:] = kv.v[layer]
+            visible[i, p_pad - kv.length:] = True
+            logits[i] = kv.logits
+            lens[i] = kv.length
+        prompt = dict(k=[self._put(x) for x in pk], v=[self._put(x) for x in pv], visible=self._put(visible))
+        with self._mesh_context():
+            keys = _row_keys_jit(self._put(_seed_words(seeds, b_pad)), n)
+        final, _ = self._decode_rows(self._put(np.repeat(logits, n, axis=0)), prompt, keys, lens, b, n, new_pad,
+                                     max_new_tokens, dict(temperature=temperature, top_k=top_k, top_p=top_p),
+                                     stop_token_ids, (), decode_fn, with_kv=True)
+        out = []
+        for i in range(b * n):
+            c = self._completion(i, final, {}, decode_fn, int(lens[i // n]), ())
+            if c.stop_reason == STOP_TOKEN:
+                t = len(c.tokens)
+                c.kv = PrefixKV(tuple(k[i, :, :t] for k in final["new_k"]), tuple(v[i, :, :t] for v in final["new_v"]),
+                                final["after_stop"][i])
+            out.append(c)
+        return out, known
+
+    def _prompt_kv(self, prompts: Sequence[Sequence[int]]) -> list[PrefixKV]:
+        """Each prompt's keys/values and last logits, from one prefill (host arrays)."""
+        b = len(prompts)
+        p_pad = bucket(max(len(p) for p in prompts), self.min_prompt_bucket)
+        b_pad = row_bucket(b, (p_pad, 0, 1, self._shards), self._shards)
+        ids = np.zeros((b_pad, p_pad), np.int32)
+        positions = np.full((b_pad, p_pad), -1, np.int32)
+        for i, p in enumerate(prompts):
+            ids[i, p_pad - len(p):] = p
+            positions[i, p_pad - len(p):] = np.arange(len(p))
+        positions[b:, -1] = 0
+        with self._mesh_context():
+            logits, prompt, _ = _prefill(self.graphdef, self.state, self._put(ids), self._put(positions),
+                                         self._put(np.zeros((b_pad, 2), np.uint32)), 1)
+        host = jax.device_get(dict(logits=logits, k=prompt["k"], v=prompt["v"]))
+        return [PrefixKV(tuple(k[i, :, p_pad - len(p):] for k in host["k"]),
+                         tuple(v[i, :, p_pad - len(p):] for v in host["v"]), host["logits"][i])
+                for i, p in enumerate(prompts)]
+
+    def _check_prompts(self, prompts: Sequence[Sequence[int]]) -> None:
+        if any(p is None or len(p) == 0 for p in prompts):
+            raise ValueError(f"generate: prompt {[0 if p is None else len(p) for p in prompts].index(0)} is empty")
+        bad = [t for p in prompts for t in p if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"generate: token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
+
+    @staticmethod
+    def _check_call(b: int, max_new_tokens: int, n: int, temperature: float, top_p: float, top_k: int, seed: int,
+                    seeds: Sequence[int] | None) -> list[int]:
+        """Validates a call's settings; returns one seed per prompt."""
+        if max_new_tokens < 1 or n < 1:
+            raise ValueError(f"generate: max_new_tokens={max_new_tokens} and n={n} must be >= 1")
+        if not (0.0 < top_p <= 1.0) or top_k < 0 or temperature < 0:
+            raise ValueError(f"generate: bad sampling settings temperature={temperature} top_p={top_p} top_k={top_k}")
+        seeds = list(seeds) if seeds is not None else [seed] * b
+        if len(seeds) != b:
+            raise ValueError(f"generate: {len(seeds)} seeds for {b} prompts")
+        return seeds
+
+    @property
+    def _shards(self) -> int:
+        return 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+    def _decode_rows(self, logits, prompt, keys, lens, b, n, new_pad, max_new_tokens, sampling, stop_token_ids,
+                     stop_strings, decode_fn, with_kv: bool = False):
+        """Decodes the b*n rows (of b_pad*n) from their first logits; returns the host results and the
+        stop-string cuts."""
+        rows = lens.shape[0] * n
         # Each row's own tokens get their own small cache [rows, kv_heads, new_pad, head_dim] per layer.
-        kv_shape = (b_pad * n, self._kv_heads, new_pad, self._head_dim)
+        kv_shape = (rows, self._kv_heads, new_pad, self._head_dim)
         new_cache = lambda: [self._put(np.zeros(kv_shape, self._kv_dtype)) for _ in range(self._layers)]
         new_k, new_v = new_cache(), new_cache()
-        rows = b_pad * n
         done = np.zeros(rows, bool)
         done[b * n:] = True
         carry = dict(step=jnp.int32(0), tokens=self._put(np.zeros((rows, new_pad), np.int32)), done=self._put(done),
                      stopped=self._put(np.zeros(rows, bool)), length=self._put(np.zeros(rows, np.int32)),
                      logps=self._put(np.zeros((rows, new_pad), np.float32)), logits=logits, new_k=new_k, new_v=new_v,
                      prompt_len=self._put(np.repeat(lens, n)), keys=keys)
+        if with_kv:
+            carry["after_stop"] = self._put(np.zeros((rows, self.vocab_size), np.float32))
         stop_ids = jnp.asarray(list(stop_token_ids) or [-1], jnp.int32)
         row = lambda x, dt: self._put(np.full(rows, x, dt))
-        temp, tk, tp = row(temperature, np.float32), row(top_k, np.int32), row(top_p, np.float32)
+        temp, tk, tp = (row(sampling["temperature"], np.float32), row(sampling["top_k"], np.int32),
+                        row(sampling["top_p"], np.float32))
         chunk = self.stop_check_every if stop_strings else max_new_tokens
         cut: dict[int, tuple[list[int], str]] = {}
         while True:
             until = min(int(carry["step"]) + chunk, max_new_tokens)
             with self._mesh_context():
-                carry = _decode(self.graphdef, self.state, carry, prompt, stop_ids, temp, tk, tp, jnp.int32(until))
+                carry = _decode(self.graphdef, self.state, carry, prompt, stop_ids, temp, tk, tp, jnp.int32(until),
+                                sampler_for(sampling["temperature"], sampling["top_k"], sampling["top_p"]))
             host = jax.device_get({k: carry[k] for k in ("tokens", "done", "length")})
             if stop_strings:
                 newly = self._stop_string_hits(host, b * n, cut, decode_fn, stop_strings)
@@ -377,8 +535,8 @@ class Generator:
                     host["done"] = np.asarray(jax.device_get(carry["done"]))
             if host["done"].all() or until >= max_new_tokens:
                 break
-        final = jax.device_get({k: carry[k] for k in ("tokens", "length", "logps", "stopped")})
-        return [self._completion(i, final, cut, decode_fn, int(lens[i // n]), stop_strings) for i in range(b * n)]
+        fields = ("tokens", "length", "logps", "stopped") + (("new_k", "new_v", "after_stop") if with_kv else ())
+        return jax.device_get({k: carry[k] for k in fields}), cut
 
     @staticmethod
     def _stop_string_hits(host, rows, cut, decode_fn, stop_strings) -> list[int]:

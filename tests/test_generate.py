@@ -1,5 +1,5 @@
 """The sampling engine: greedy parity with transformers, sampling statistics, seeds, stop strings,
-shared prefill, compile bounds, mesh placement."""
+shared prefill, continuing known prefixes, compile bounds, mesh placement."""
 import os
 import sys
 
@@ -117,6 +117,34 @@ def test_shared_prefill_equals_repeated_prompt(small):
     three = gen.generate_tokens(small, [SP[1]], 9, n=3, temperature=1.0, seed=2)
     five = gen.generate_tokens(small, [SP[1]], 9, n=5, temperature=1.0, seed=2)
     assert three == five[:3]  # sample j is the same stream whatever n is
+
+
+def test_extending_known_prefixes_equals_generating_from_their_ids(small):
+    g = gen.Generator(small)
+    stops = list(range(1, SMALL.vocab_size, 3))  # a random model stops within a few tokens
+    for temperature in (0.0, 1.0):
+        kw = dict(n=2, temperature=temperature, stop_token_ids=stops, seeds=[1, 2, 3])
+        ref = g.generate(SP, 12, **kw)
+        fresh, kvs = g.generate_extending(SP, [None] * 3, 12, **kw)
+        assert [c.tokens for c in fresh] == [c.tokens for c in ref]
+        assert [c.logprob for c in fresh] == pytest.approx([c.logprob for c in ref], abs=1e-4)
+        assert [kv.length for kv in kvs] == [len(p) for p in SP]
+        mixed, _ = g.generate_extending([None, SP[1], None], [kvs[0], None, kvs[2]], 12, **kw)
+        assert [c.tokens for c in mixed] == [c.tokens for c in ref]
+        # A completion that ended on a stop token carries its keys/values and what follows it: prompt +
+        # completion continues exactly as generating from the concatenated ids does.
+        ended = [(i, c) for i, c in enumerate(fresh) if c.stop_reason == gen.STOP_TOKEN]
+        assert ended and all(c.kv.length == len(c.tokens) for _, c in ended)
+        assert all(c.kv is None for c in fresh if c.stop_reason != gen.STOP_TOKEN)
+        seeds = list(range(len(ended)))
+        direct = g.generate([SP[i // 2] + c.tokens for i, c in ended], 10, temperature=temperature,
+                            stop_token_ids=stops, seeds=seeds)
+        cont, _ = g.generate_extending([None] * len(ended), [kvs[i // 2].extend(c.kv) for i, c in ended], 10,
+                                       temperature=temperature, stop_token_ids=stops, seeds=seeds)
+        assert [c.tokens for c in cont] == [c.tokens for c in direct]
+        assert [c.logprob for c in cont] == pytest.approx([c.logprob for c in direct], abs=1e-4)
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        g.generate_extending([None], [None], 4)
 
 
 def test_stop_strings_spanning_tokens_stop_at_the_right_place(small):

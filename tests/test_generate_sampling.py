@@ -54,3 +54,18 @@ def test_draws_do_not_depend_on_the_rest_of_the_batch():
     for logits, toks in ((peaked, alone), (flat, flat_alone)):
         for row, t in zip(logits, np.asarray(toks)):
             assert reference_mask(row / 0.7, 0, 0.95)[t]
+
+
+def test_smaller_samplers_draw_what_the_full_one_draws():
+    """A decode program compiles only the sampler its call needs; each must give the full one's tokens."""
+    rng = np.random.default_rng(2)
+    logits = jnp.asarray((rng.standard_normal((16, 512)) * 3).astype(np.float32))
+    keys = jax.random.split(jax.random.PRNGKey(5), 16)
+    off = (jnp.zeros(16, jnp.int32), jnp.ones(16))
+    for temperature, sampler in ((0.0, "greedy"), (0.7, "plain"), (1.0, "plain")):
+        t = jnp.full(16, temperature)
+        assert gen.sampler_for(temperature, 0, 1.0) == sampler
+        full = gen.sample(logits, keys, t, *off, "masked")
+        assert np.array_equal(np.asarray(gen.sample(logits, keys, t, *off, sampler)), np.asarray(full))
+    assert gen.sampler_for(1.0, 5, 1.0) == gen.sampler_for(0.7, 0, 0.9) == "masked"
+    assert len(set(np.asarray(gen.sample(logits, keys, jnp.ones(16), *off, "plain")).tolist())) > 1

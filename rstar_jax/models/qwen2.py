@@ -39,8 +39,8 @@ class KVCache:
     -1 = empty or padding). Attention visibility comes from positions, so left-padded prompts,
     per-sequence lengths and copied prefixes all work with one scalar write index.
 
-    Tree-structured prefix reuse (a later issue) plugs in here: a node's prefix is a slice
-    [:, :index] of these arrays; extending it is `forward_cached` on the new tokens at `index`.
+    A prefix is a slice [:, :index] of these arrays; extending it is `forward_cached` on the new
+    tokens at `index`. (The search's reuse of decoded paths lives in generate.generate_extending.)
     """
 
     k: list[jax.Array]
