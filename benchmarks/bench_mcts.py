@@ -116,7 +116,8 @@ def main() -> None:
     ap.add_argument("--no-exec-cache", dest="exec_cache", action="store_false",
                     help="execute every program, even one this tree already ran (mcts.exec_cache off on both sides)")
     ap.add_argument("--variants", action="store_true",
-                    help="also run the lockstep side with code dedupe, without prefix sharing, and with width [n, 2]")
+                    help="also run the lockstep side with code dedupe, without prefix sharing, with width [n, 2], "
+                         "and with the prefix cache (paths' keys/values kept, mcts.prefix_cache_mb=1024)")
     args = ap.parse_args()
 
     from configs.base import mcts_config
@@ -133,7 +134,8 @@ def main() -> None:
     sides = [("lockstep", cfg, problems, args.batch), ("one-at-a-time", cfg, problems, 1)]
     if args.variants:
         for name, change in (("dedupe=code", dict(dedupe="code")), ("no-prefix-share", dict(share_prefix=False)),
-                             ("width=[n,2]", dict(width_by_depth=[args.n, 2]))):
+                             ("width=[n,2]", dict(width_by_depth=[args.n, 2])),
+                             ("prefix-cache", dict(prefix_cache_mb=1024))):
             c = mcts_config()
             c.update(cfg.to_dict())
             c.update(change)

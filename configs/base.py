@@ -81,6 +81,7 @@ def mcts_config() -> config_dict.ConfigDict:
             "top_k": 0,  # 0 = off
             "exec_cache": False,  # run each distinct program text once per search (programs are assumed deterministic)
             "share_prefix": True,  # LM policy: one prompt row with n samples (one prefill per expansion) vs n copies
+            "prefix_cache_mb": 0,  # LM policy: host bytes (MiB) of sampled steps' keys/values kept so an expanded node's path is not prefilled again; 0 = off
             # Selection and values.
             "c_puct": 2.0,  # UCT exploration constant
             "unvisited_score": 0.0,  # score of an unvisited child; the reference's 0 (Q 0, no bonus) -- a visited child with Q < 0 and a small bonus ranks below it
@@ -177,6 +178,9 @@ def get_config() -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.stage = "show"  # show | sft | ppm | evolve | eval
     config.seed = 0
+    # JAX's persistent compilation cache (at most 4 GiB, least recently used out): a resumed or repeated run
+    # loads its programs instead of compiling them again (seconds each on CPU). "" = off.
+    config.compile_cache = "~/.cache/rstar_jax/xla"
     config.init_checkpoint = ""
     config.tokenizer = ""  # defaults to the tokenizer.json beside init_checkpoint
     config.model = model_config()

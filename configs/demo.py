@@ -38,6 +38,7 @@ def get_config():
     m.batch_trees, m.num_children, m.max_step_tokens, m.max_nodes = 128, 4, 48, 128
     m.temperature, m.top_p, m.dedupe = 1.0, 1.0, "code"
     m.exec_cache = True  # toy programs are deterministic integer arithmetic
+    m.prefix_cache_mb = 1024  # an expanded node's path is decoded already: its keys/values are kept, not re-prefilled
     for r in (1, 2, 3, 4):
         config[f"round{r}"].rollouts = 4
     config.round4.extra_rollouts = [8]

@@ -4,15 +4,23 @@ All expansions of an iteration go to the generator as one batch (one call per di
 With `share_prefix` each expanded node's prompt is prefilled once and its KV cache serves all n
 samples; without it every sample re-prefills the path (the cost the issue measures). Steps end at
 the step markers, which are single tokens of the step tokenizer, so stops are detected on device.
+
+With `prefix_cache_mb` > 0 (and `share_prefix`) the keys/values of every candidate that ended on
+`<end_of_step>` are kept on the host, keyed by its node's prompt text (the text the search asks with when
+it expands that node), so an expansion prefills nothing but new roots and evicted paths. A candidate
+is stored only when its node's text encodes to exactly the tokens that were sampled (a model may
+sample a non-canonical split, such as a character cut between byte tokens), so a hit gives what a
+prefill of the text would. Least recently used entries go first once the byte budget is reached; a
+miss only costs a prefill.
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 
-from rstar_jax.generate import Generator
+from rstar_jax.generate import STOP_TOKEN, Generator, PrefixKV
 from rstar_jax.mcts.policy import FinishRequest, PolicyCounters, StepRequest, derive_seed
-from rstar_jax.steps import END_OF_ANSWER, STOP_STRINGS
+from rstar_jax.steps import END_OF_ANSWER, END_OF_STEP, STOP_STRINGS
 
 
 class LMPolicy:
@@ -23,8 +31,11 @@ class LMPolicy:
         self.generator = Generator(model, mesh=mesh)
         self.max_new = int(cfg.max_step_tokens)
         self.share_prefix = bool(cfg.share_prefix)
+        budget = int(cfg.get("prefix_cache_mb", 0)) * 2 ** 20
+        self.cache = PrefixCache(budget) if budget > 0 and self.share_prefix else None
         self.sampling = dict(temperature=float(cfg.temperature), top_p=float(cfg.top_p), top_k=int(cfg.top_k))
         self.step_stops = [tokenizer.token_id(s) for s in STOP_STRINGS] + [tokenizer.eos_id]
+        self.end_of_step = tokenizer.token_id(END_OF_STEP)
         self.answer_stops = [tokenizer.token_id(END_OF_ANSWER), tokenizer.eos_id]
         self.counters = PolicyCounters()
 
@@ -38,25 +49,89 @@ class LMPolicy:
         self.counters.decoded_tokens += sum(c.new_tokens for c in out)
         return [[c.text for c in out[i * n:(i + 1) * n]] for i in range(len(prompts))]
 
+    def _sample_cached(self, texts: list[str], n: int, seeds: list[int]) -> list[list[str]]:
+        """`_sample` for step proposals with the prefix cache: known prompts are not prefilled, and each
+        candidate that ended a step (the only kind the search expands) is stored under prompt +
+        candidate when that text encodes to exactly the tokens the keys/values belong to (so a hit
+        computes what a prefill would)."""
+        known = [self.cache.get(t) for t in texts]
+        missing = [i for i, hit in enumerate(known) if hit is None]
+        ids = [hit[0] if hit is not None else None for hit in known]
+        for i, row in zip(missing, self.tokenizer.encode_batch([texts[i] for i in missing])):
+            ids[i] = row
+        out, prompt_kv = self.generator.generate_extending(
+            [ids[i] if known[i] is None else None for i in range(len(texts))],
+            [hit[1] if hit is not None else None for hit in known], self.max_new, n=n,
+            stop_token_ids=self.step_stops, decode=self.tokenizer, seeds=seeds, **self.sampling)
+        for i in missing:
+            self.cache.put(texts[i], ids[i], prompt_kv[i])
+        ended = [j for j, c in enumerate(out) if c.stop_reason == STOP_TOKEN and c.tokens[-1] == self.end_of_step]
+        child_texts = [texts[j // n] + out[j].text for j in ended]
+        for j, text, encoded in zip(ended, child_texts, self.tokenizer.encode_batch(child_texts)):
+            child_ids = list(ids[j // n]) + out[j].tokens
+            if encoded == child_ids:
+                self.cache.put(text, child_ids, prompt_kv[j // n].extend(out[j].kv))
+        self.counters.calls += 1
+        self.counters.sequences += len(out)
+        self.counters.prefill_tokens += sum(len(ids[i]) for i in missing)
+        self.counters.decoded_tokens += sum(c.new_tokens for c in out)
+        self.counters.cached_prompts += len(texts) - len(missing)
+        return [[c.text for c in out[i * n:(i + 1) * n]] for i in range(len(texts))]
+
     def propose(self, requests: Sequence[StepRequest]) -> list[list[str]]:
-        ids = self.tokenizer.encode_batch([r.prompt for r in requests])
         out: list[list[str]] = [[] for _ in requests]
         by_n: dict[int, list[int]] = defaultdict(list)
         for k, r in enumerate(requests):
             by_n[r.n].append(k)
         for n, members in sorted(by_n.items()):
-            if self.share_prefix:
-                texts = self._sample([ids[k] for k in members], n, [requests[k].seed for k in members], self.step_stops)
-                for k, t in zip(members, texts):
-                    out[k] = t
-            else:  # every sample is its own row and re-prefills the whole path
-                rows = [(k, j) for k in members for j in range(n)]
-                texts = self._sample([ids[k] for k, _ in rows], 1, [derive_seed(requests[k].seed, j) for k, j in rows],
-                                     self.step_stops)
-                for (k, _), t in zip(rows, texts):
-                    out[k].extend(t)
+            for k, texts in zip(members, self._propose_n([requests[k] for k in members], n)):
+                out[k] = texts
         return out
+
+    def _propose_n(self, requests: list[StepRequest], n: int) -> list[list[str]]:
+        """n candidates for each of `requests`: from the prefix cache, one shared prefill each, or n
+        copies of each prompt (every sample its own row, re-prefilling the whole path)."""
+        prompts, seeds = [r.prompt for r in requests], [r.seed for r in requests]
+        if self.cache is not None:
+            return self._sample_cached(prompts, n, seeds)
+        ids = self.tokenizer.encode_batch(prompts)
+        if self.share_prefix:
+            return self._sample(ids, n, seeds, self.step_stops)
+        rows = [(k, j) for k in range(len(requests)) for j in range(n)]
+        texts = self._sample([ids[k] for k, _ in rows], 1, [derive_seed(seeds[k], j) for k, j in rows], self.step_stops)
+        return [sum(texts[k * n:(k + 1) * n], []) for k in range(len(requests))]
 
     def finish(self, requests: Sequence[FinishRequest]) -> list[str]:
         ids = self.tokenizer.encode_batch([r.prompt for r in requests])
         return [t[0] for t in self._sample(ids, 1, [r.seed for r in requests], self.answer_stops)]
+
+
+class PrefixCache:
+    """Prompt text -> (its token ids, PrefixKV); least recently used first out once the stored bytes
+    pass `budget`."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.bytes = 0
+        self._items: OrderedDict[str, tuple[list[int], PrefixKV]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, text: str) -> tuple[list[int], PrefixKV] | None:
+        hit = self._items.get(text)
+        if hit is not None:
+            self._items.move_to_end(text)
+        return hit
+
+    def put(self, text: str, ids: list[int], kv: PrefixKV) -> None:
+        old = self._items.pop(text, None)
+        if old is not None:
+            self.bytes -= old[1].nbytes
+        if kv.nbytes > self.budget:
+            return
+        self._items[text] = (ids, kv)
+        self.bytes += kv.nbytes
+        while self.bytes > self.budget:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self.bytes -= dropped.nbytes

@@ -50,12 +50,14 @@ class FinishRequest:
 
 @dataclasses.dataclass
 class PolicyCounters:
-    """Work a policy did: generate calls, sequences, prompt tokens prefilled, tokens decoded."""
+    """Work a policy did: generate calls, sequences, prompt tokens prefilled, tokens decoded, and
+    prompts whose keys/values came from the prefix cache instead of a prefill."""
 
     calls: int = 0
     sequences: int = 0
     prefill_tokens: int = 0
     decoded_tokens: int = 0
+    cached_prompts: int = 0
 
 
 class StepPolicy(Protocol):

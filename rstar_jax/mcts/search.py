@@ -68,6 +68,7 @@ class SearchStats:
     ppm_scored: int = 0
     tokens_decoded: int = 0
     tokens_prefilled: int = 0
+    prompts_cached: int = 0  # expansions whose path came from the policy's prefix cache (not prefilled)
     iterations: int = 0
     time_decode: float = 0.0
     time_execute: float = 0.0
@@ -255,6 +256,7 @@ class LockstepSearch:
         c = self.policy.counters
         self.stats.tokens_decoded += c.decoded_tokens - self._counted.decoded_tokens
         self.stats.tokens_prefilled += c.prefill_tokens - self._counted.prefill_tokens
+        self.stats.prompts_cached += c.cached_prompts - self._counted.cached_prompts
         self.stats.time_total += time.perf_counter() - t_start
         return self.stats
 

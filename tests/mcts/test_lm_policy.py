@@ -1,14 +1,16 @@
 """The LM policy end to end with a tiny random Qwen2: decode -> execute -> grade -> backup, batched."""
 import json
 
+import numpy as np
 import pytest
 
 from rstar_jax.data import toyworld
 from rstar_jax.mcts import StepRequest
-from rstar_jax.mcts.lm_policy import LMPolicy
+from rstar_jax.generate import PrefixKV
+from rstar_jax.mcts.lm_policy import LMPolicy, PrefixCache
 from rstar_jax.mcts.records import TreeRecord
 from rstar_jax.mcts.search import LockstepSearch
-from rstar_jax.steps import STOP_STRINGS, stop_kind
+from rstar_jax.steps import END_OF_STEP, STOP_STRINGS, stop_kind
 from mcts_helpers import make_cfg
 from random_policy import tiny_policy
 
@@ -73,3 +75,51 @@ def test_prefix_sharing_prefills_each_prompt_once(tiny):
     # Candidates stop at (and keep) a step marker, or run to the token limit without one.
     for text in sum(out + out2, []):
         assert stop_kind(text) is not None or not any(s in text for s in STOP_STRINGS)
+
+
+def test_prefix_cache_search_gives_the_same_trees(tiny, sandbox):
+    model, tok, problems = tiny
+    trees = {}
+    for mb in (0, 64):
+        cfg = lm_cfg(prefix_cache_mb=mb, rollouts=3)
+        out = []
+        LockstepSearch(LMPolicy(model, tok, cfg), cfg, sandbox=sandbox, seed=1, batch=4).run(problems, out.append)
+        trees[mb] = sorted(json.dumps(t.to_json()) for t in out)
+    assert trees[64] == trees[0]
+
+
+def test_prefix_cache_continues_known_paths_without_a_prefill(tiny):
+    model, tok, problems = tiny
+    cfg = lm_cfg(prefix_cache_mb=64, max_step_tokens=8)
+    roots = [StepRequest(p, (), 64, seed=i) for i, p in enumerate(problems)]
+    cached = LMPolicy(model, tok, cfg)
+    cached.propose(roots)
+    for text, (ids, kv) in cached.cache._items.items():
+        assert tok.encode(text) == ids and kv.length == len(ids)
+    prompts = {r.prompt: r.problem for r in roots}
+    # The random model now and then closes a step whose text encodes back to its tokens (seeded: here one).
+    children = [StepRequest(prompts[root], (text[len(root):],), 3, seed=5)
+                for text in cached.cache._items for root in prompts if text != root and text.startswith(root)]
+    assert children and all(c.steps[0].endswith(END_OF_STEP) for c in children)
+    requests = [StepRequest(r.problem, (), 3, seed=r.seed) for r in roots[:2]] + children
+    prefilled = cached.counters.prefill_tokens
+    got = cached.propose(requests)
+    assert cached.counters.prefill_tokens == prefilled and cached.counters.cached_prompts == len(requests)
+    assert got == LMPolicy(model, tok, lm_cfg(max_step_tokens=8)).propose(requests)
+
+
+def test_prefix_cache_drops_the_least_recently_used_past_its_budget():
+    def kv(tokens):
+        return PrefixKV((np.zeros((1, tokens, 4), np.float32),), (np.zeros((1, tokens, 4), np.float32),),
+                        np.zeros(8, np.float32))
+
+    size = kv(2).nbytes
+    cache = PrefixCache(3 * size)
+    for name in "abc":
+        cache.put(name, [1, 2], kv(2))
+    assert cache.get("a") is not None  # now the most recent
+    cache.put("d", [1, 2], kv(2))
+    assert cache.get("b") is None and all(cache.get(x) is not None for x in "acd")
+    assert len(cache) == 3 and cache.bytes == 3 * size
+    cache.put("huge", [1] * 100, kv(100))  # larger than the whole budget: not kept, nothing evicted for it
+    assert cache.get("huge") is None and len(cache) == 3
