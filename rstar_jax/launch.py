@@ -112,6 +112,18 @@ def init_distributed() -> None:
                  jax.local_device_count(), jax.device_count())
 
 
+def enable_compile_cache(directory: str) -> None:
+    """Points JAX's persistent compilation cache at `directory` (~ expanded; "" leaves it off). Programs
+    that took at least half a second to compile are stored; past 4 GiB the least recently used go."""
+    if not directory:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_compilation_cache_max_size", 4 * 2 ** 30)
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -126,6 +138,7 @@ def main(argv: Sequence[str]) -> None:
         return
     if stage not in STAGES:
         raise app.UsageError(f"config.stage={stage!r} is not one of {sorted(STAGES)} (or 'show')")
+    enable_compile_cache(config.get("compile_cache", ""))
     module = importlib.import_module(STAGES[stage])
     logging.info("stage %s -> %s, workdir %s", stage, STAGES[stage], _WORKDIR.value)
     summary = module.run(config, _WORKDIR.value)

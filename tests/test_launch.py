@@ -75,3 +75,21 @@ def test_distributed_two_processes_on_loopback():
         assert p.returncode == 0, err
         assert "2 local / 4 global devices" in err
         assert json.loads(out)["mcts"]["c_puct"] == 2.0
+
+
+def test_compile_cache_stores_programs_across_processes(tmp_path):
+    """A second process finds the first one's compiled program on disk instead of compiling it."""
+    script = ("import sys, jax, jax.numpy as jnp; from rstar_jax import launch; "
+              "launch.enable_compile_cache(sys.argv[1]); jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+              "print(float(jax.jit(lambda x: jnp.tanh(x) * 3)(jnp.float32(0.5))))")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    run = lambda: subprocess.run([sys.executable, "-c", script, str(tmp_path / "xla")], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=120)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    programs = lambda: {p.name: p.stat().st_mtime_ns for p in (tmp_path / "xla").glob("*-cache")}
+    stored = programs()
+    assert any("jit__lambda" in name for name in stored)
+    second = run()
+    assert second.returncode == 0 and second.stdout == first.stdout
+    assert programs() == stored  # loaded: a compile would have written its program again
