@@ -21,6 +21,7 @@ def get_config():
     m = config.mcts
     m.batch_trees, m.num_children, m.max_step_tokens, m.max_nodes = 4, 2, 24, 128
     m.temperature, m.top_p, m.dedupe = 1.0, 1.0, "code"
+    m.prefix_cache_mb = 64  # as in demo: the kill-and-resume tests run with cached paths
     for r in (1, 2, 3, 4):
         config[f"round{r}"].rollouts = 2
     config.round4.extra_rollouts = [2]
