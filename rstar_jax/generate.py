@@ -312,6 +312,20 @@ def _find_stop(text: str, stop_strings: Sequence[str]) -> int:
     return min(ends) if ends else -1
 
 
+def _left_pad(prompts: Sequence[Sequence[int]], p_pad: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, positions, lengths) of `prompts` left-padded to [rows, p_pad]; padding has position -1, and
+    filler rows past the prompts hold one token at position 0 (done from the start)."""
+    ids = np.zeros((rows, p_pad), np.int32)
+    positions = np.full((rows, p_pad), -1, np.int32)
+    lens = np.ones(rows, np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, p_pad - len(p):] = p
+        positions[i, p_pad - len(p):] = np.arange(len(p))
+        lens[i] = len(p)
+    positions[len(prompts):, -1] = 0
+    return ids, positions, lens
+
+
 def _seed_words(seeds: Sequence[int], rows: int) -> np.ndarray:
     """[rows, 2] uint32 (low, high 32 bits) of each prompt's seed; filler rows get 0."""
     words = np.zeros((rows, 2), np.uint32)
@@ -383,14 +397,7 @@ class Generator:
         p_pad = bucket(max(len(p) for p in prompts), self.min_prompt_bucket)
         new_pad = bucket(max_new_tokens, self.min_new_bucket)
         b_pad = row_bucket(b, (p_pad, new_pad, n, self._shards, sampler_for(temperature, top_k, top_p)), self._shards)
-        ids = np.zeros((b_pad, p_pad), np.int32)
-        positions = np.full((b_pad, p_pad), -1, np.int32)
-        lens = np.ones(b_pad, np.int32)
-        for i, p in enumerate(prompts):
-            ids[i, p_pad - len(p):] = p
-            positions[i, p_pad - len(p):] = np.arange(len(p))
-            lens[i] = len(p)
-        positions[b:, -1] = 0  # filler rows: one token, done from the start
+        ids, positions, lens = _left_pad(prompts, p_pad, b_pad)
         with self._mesh_context():
             logits, prompt, keys = _prefill(self.graphdef, self.state, self._put(ids), self._put(positions),
                                             self._put(_seed_words(seeds, b_pad)), n)
@@ -461,12 +468,7 @@ class Generator:
         b = len(prompts)
         p_pad = bucket(max(len(p) for p in prompts), self.min_prompt_bucket)
         b_pad = row_bucket(b, (p_pad, 0, 1, self._shards), self._shards)
-        ids = np.zeros((b_pad, p_pad), np.int32)
-        positions = np.full((b_pad, p_pad), -1, np.int32)
-        for i, p in enumerate(prompts):
-            ids[i, p_pad - len(p):] = p
-            positions[i, p_pad - len(p):] = np.arange(len(p))
-        positions[b:, -1] = 0
+        ids, positions, _ = _left_pad(prompts, p_pad, b_pad)
         with self._mesh_context():
             logits, prompt, _ = _prefill(self.graphdef, self.state, self._put(ids), self._put(positions),
                                          self._put(np.zeros((b_pad, 2), np.uint32)), 1)

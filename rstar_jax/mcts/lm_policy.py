@@ -43,11 +43,7 @@ class LMPolicy:
         """n texts per prompt (one generate call); updates the counters."""
         out = self.generator.generate(prompts, self.max_new, n=n, stop_token_ids=stops, decode=self.tokenizer,
                                       seeds=seeds, **self.sampling)
-        self.counters.calls += 1
-        self.counters.sequences += len(out)
-        self.counters.prefill_tokens += sum(len(p) for p in prompts)
-        self.counters.decoded_tokens += sum(c.new_tokens for c in out)
-        return [[c.text for c in out[i * n:(i + 1) * n]] for i in range(len(prompts))]
+        return self._counted(out, n, sum(len(p) for p in prompts))
 
     def _sample_cached(self, texts: list[str], n: int, seeds: list[int]) -> list[list[str]]:
         """`_sample` for step proposals with the prefix cache: known prompts are not prefilled, and each
@@ -71,12 +67,16 @@ class LMPolicy:
             child_ids = list(ids[j // n]) + out[j].tokens
             if encoded == child_ids:
                 self.cache.put(text, child_ids, prompt_kv[j // n].extend(out[j].kv))
+        self.counters.cached_prompts += len(texts) - len(missing)
+        return self._counted(out, n, sum(len(ids[i]) for i in missing))
+
+    def _counted(self, out: list, n: int, prefilled: int) -> list[list[str]]:
+        """Counts one generate call's work; returns its texts grouped n per prompt."""
         self.counters.calls += 1
         self.counters.sequences += len(out)
-        self.counters.prefill_tokens += sum(len(ids[i]) for i in missing)
+        self.counters.prefill_tokens += prefilled
         self.counters.decoded_tokens += sum(c.new_tokens for c in out)
-        self.counters.cached_prompts += len(texts) - len(missing)
-        return [[c.text for c in out[i * n:(i + 1) * n]] for i in range(len(texts))]
+        return [[c.text for c in out[i * n:(i + 1) * n]] for i in range(len(out) // n)]
 
     def propose(self, requests: Sequence[StepRequest]) -> list[list[str]]:
         out: list[list[str]] = [[] for _ in requests]
