@@ -115,11 +115,11 @@ def splits(seed: int, n_train: int = 2000, n_pool: int = 400, n_heldout: int = 2
            levels: Sequence[int] = LEVELS) -> dict[str, list[ToyProblem]]:
     """Train (teacher corpus), pool (searched each round) and held-out (evaluation) sets, disjoint by question.
 
-    The defaults fit a CPU demo of about 15 minutes; every split cycles through all levels. Held-out
-    is drawn first, so it stays the same when only the train or pool sizes change.
+    Every split cycles through all levels. They are drawn held-out, train, pool: held-out stays the same
+    when the train or pool sizes change, and train (so the pretrained base) when only the pool size does.
     """
     rng, seen = np.random.default_rng(seed), set()
-    sizes = {"heldout": n_heldout, "pool": n_pool, "train": n_train}
+    sizes = {"heldout": n_heldout, "train": n_train, "pool": n_pool}
     out = {split: _generate(rng, size, levels, f"{split}{seed}", seen) for split, size in sizes.items()}
     return {"train": out["train"], "pool": out["pool"], "heldout": out["heldout"]}
 
