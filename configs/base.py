@@ -81,7 +81,7 @@ def mcts_config() -> config_dict.ConfigDict:
             "top_k": 0,  # 0 = off
             "exec_cache": False,  # run each distinct program text once per search (programs are assumed deterministic)
             "share_prefix": True,  # LM policy: one prompt row with n samples (one prefill per expansion) vs n copies
-            "prefix_cache_mb": 0,  # LM policy: host bytes (MiB) of sampled steps' keys/values kept so an expanded node's path is not prefilled again; 0 = off
+            "prefix_cache_mb": 0,  # host MiB of keys/values kept by the LM policy (sampled steps, so an expanded node's path is not prefilled again) and, as much again, by the PPM scorer (scored paths, so a child runs only its new step); 0 = off
             # Selection and values.
             "c_puct": 2.0,  # UCT exploration constant
             "unvisited_score": 0.0,  # score of an unvisited child; the reference's 0 (Q 0, no bonus) -- a visited child with Q < 0 and a small bonus ranks below it

@@ -175,7 +175,8 @@ def evaluate_checkpoints(config, policy_path: str, ppm_path: str | None, tokeniz
 
     dtype = jnp.dtype(config.model.dtype)
     policy = models.load_hf(policy_path, dtype=dtype, mesh=mesh)
-    scorer = PPMScorer(load_ppm(ppm_path, dtype, mesh), tokenizer) if ppm_path else None
+    scorer = (PPMScorer(load_ppm(ppm_path, dtype, mesh), tokenizer, cache_mb=config.mcts.get("prefix_cache_mb", 0))
+              if ppm_path else None)
     cfg = config.eval.copy_and_resolve_references()
     with cfg.unlocked():
         cfg.mcts_ppm = bool(mcts and cfg.mcts_ppm)

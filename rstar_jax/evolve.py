@@ -212,7 +212,8 @@ class Evolution:
         policy = LMPolicy(self.load_policy(self.policy_checkpoint(r - 1)), tok, cfg, mesh=self.mesh)
         scorer = None
         if self.config[f"round{r}"].get("use_ppm", False):
-            scorer = PPMScorer(load_ppm(self.ppm_checkpoint(r - 1), self.dtype, self.mesh), tok)
+            scorer = PPMScorer(load_ppm(self.ppm_checkpoint(r - 1), self.dtype, self.mesh), tok,
+                               cache_mb=cfg.get("prefix_cache_mb", 0))
         stats = search(self.problems("pool"), policy, cfg, sandbox=self.sandbox, ppm=scorer,
                        seed=derive(self.config.seed, r), out_dir=d)
         return {"problems": stats.problems, "solved": stats.solved, "rollouts": stats.rollouts,

@@ -59,11 +59,12 @@ class Completion:
 @dataclasses.dataclass(frozen=True)
 class PrefixKV:
     """Keys and values of a token sequence (per layer [kv_heads, length, head_dim], host arrays) and
-    the fp32 logits of the token that follows it ([vocab]): all a decode needs to continue it."""
+    the fp32 logits of the token that follows it ([vocab]): all a decode needs to continue it. A
+    PPM's prefix has no logits (None): its scorer only runs the tokens that follow."""
 
     k: tuple[np.ndarray, ...]
     v: tuple[np.ndarray, ...]
-    logits: np.ndarray
+    logits: np.ndarray | None
 
     @property
     def length(self) -> int:
@@ -71,7 +72,7 @@ class PrefixKV:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.k + self.v) + self.logits.nbytes
+        return sum(a.nbytes for a in self.k + self.v) + (0 if self.logits is None else self.logits.nbytes)
 
     def extend(self, tail: "PrefixKV") -> "PrefixKV":
         """This sequence followed by `tail` (whose keys/values sit at the positions after this one)."""

@@ -3,6 +3,12 @@
 Rows are right-padded to a power-of-two length and the batch to a multiple of `batch_size`, so a
 whole search compiles a handful of programs. Texts longer than `max_len` tokens keep their last
 `max_len` tokens (the value head reads the last token; the newest steps matter most).
+
+With `cache_mb` > 0, a call that names each text's prefix (the search passes the parent node's text,
+scored one level up) keeps every text's keys/values on the host, least recently used out past the
+budget, and runs only the tokens after a cached prefix instead of the whole path. A prefix is used
+only when the text's tokens start with the prefix's own tokens, so a hit computes what the whole
+text would, up to float rounding.
 """
 from __future__ import annotations
 
@@ -11,27 +17,72 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from rstar_jax.generate import bucket
-from rstar_jax.models import functional
+from rstar_jax.generate import PrefixKV, bucket, row_bucket
+from rstar_jax.mcts.lm_policy import PrefixCache
+from rstar_jax.models import KVCache, functional
+
+NEW_TOKENS_BUCKET = 32  # smallest padded width of the tokens run after a cached prefix (a step is ~10-50 tokens)
 
 
 class PPMScorer:
     """Scores prompt+response texts with a `Qwen2PPM` (see rstar_jax.mcts.search.StepScorer)."""
 
-    def __init__(self, ppm, tokenizer, *, batch_size: int = 64, max_len: int = 4096, min_len: int = 64):
+    def __init__(self, ppm, tokenizer, *, batch_size: int = 64, max_len: int = 4096, min_len: int = 64,
+                 cache_mb: int = 0):
         self.tokenizer, self.batch_size, self.max_len, self.min_len = tokenizer, batch_size, max_len, min_len
         fn, self.state = functional(ppm, "scores")
         self._scores = jax.jit(fn)
-        self.tokens_scored = 0
+        cached, _ = functional(ppm, "scores_cached")
 
-    def score(self, texts: Sequence[str]) -> np.ndarray:
-        ids = [row[-self.max_len:] for row in self.tokenizer.encode_batch(list(texts))]
+        def extend(state, ids, positions, cache):
+            p = cache.length - ids.shape[1]
+            scores, cache = cached(state, ids, positions, cache, p)
+            return scores, [k[:, p:] for k in cache.k], [v[:, p:] for v in cache.v]
+
+        self._extend = jax.jit(extend)
+        cfg = ppm.config
+        self._kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
+        self._kv_dtype = ppm.dtype
+        self.cache = PrefixCache(int(cache_mb) * 2 ** 20) if cache_mb > 0 else None
+        self.tokens_scored = 0  # tokens run through the PPM (after a cached prefix: only the new ones)
+
+    def score(self, texts: Sequence[str], prefixes: Sequence[str | None] | None = None) -> np.ndarray:
+        """Step scores [len(texts)]; `prefixes[i]`, when given, is a text that `texts[i]` extends."""
+        ids = self.tokenizer.encode_batch(list(texts))
+        if self.cache is None or prefixes is None:
+            return self._score_whole(ids)
+        if len(prefixes) != len(texts):
+            raise ValueError(f"PPMScorer.score: {len(prefixes)} prefixes for {len(texts)} texts")
+        out = np.zeros(len(ids), np.float32)
+        long = [i for i, r in enumerate(ids) if len(r) > self.max_len]
+        if long:
+            out[long] = self._score_whole([ids[i] for i in long])
+        work = [(i, *self._split(ids[i], prefixes[i])) for i in range(len(ids)) if len(ids[i]) <= self.max_len]
+        work.sort(key=lambda w: (w[1].length if w[1] is not None else 0) + len(w[2]))  # alike lengths share a batch
+        for start in range(0, len(work), self.batch_size):
+            chunk = work[start:start + self.batch_size]
+            scores, tails = self._score_after(chunk)
+            for (i, prefix, _), s, tail in zip(chunk, scores, tails):
+                out[i] = s
+                self.cache.put(texts[i], ids[i], prefix.extend(tail) if prefix is not None else tail)
+        return out
+
+    def _split(self, ids: list[int], prefix: str | None) -> tuple[PrefixKV | None, list[int]]:
+        """(cached keys/values of `prefix`, the tokens after them), or (None, all tokens) on a miss."""
+        hit = self.cache.get(prefix) if prefix is not None else None
+        if hit is not None and len(hit[0]) < len(ids) and ids[: len(hit[0])] == hit[0]:
+            return hit[1], ids[len(hit[0]):]
+        return None, ids
+
+    def _score_whole(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Whole rows (their last `max_len` tokens), right-padded, `batch_size` at a time."""
+        ids = [row[-self.max_len:] for row in ids]
         self.tokens_scored += sum(len(r) for r in ids)
         out = np.zeros(len(ids), np.float32)
         pad = self.tokenizer.pad_id
         for start in range(0, len(ids), self.batch_size):
             chunk = ids[start:start + self.batch_size]
-            rows = bucket(len(chunk), 1) if len(chunk) < self.batch_size else self.batch_size
+            rows = self._rows(len(chunk))
             width = bucket(max(len(r) for r in chunk), self.min_len)
             arr = np.full((rows, width), pad, np.int32)
             lengths = np.ones(rows, np.int32)
@@ -40,3 +91,35 @@ class PPMScorer:
                 lengths[i] = max(len(r), 1)
             out[start:start + len(chunk)] = np.asarray(self._scores(self.state, arr, lengths))[: len(chunk)]
         return out
+
+    def _score_after(self, chunk) -> tuple[np.ndarray, list[PrefixKV]]:
+        """Scores of (index, prefix keys/values or None, new tokens) rows, run as new tokens after their
+        prefixes in one padded batch, and each row's new-token keys/values."""
+        layers, kv_heads, head_dim = self._kv_shape
+        p = bucket(max(prefix.length if prefix is not None else 0 for _, prefix, _ in chunk), self.min_len)
+        t = bucket(max(len(new) for _, _, new in chunk), NEW_TOKENS_BUCKET)
+        rows = row_bucket(len(chunk), ("ppm", p, t))  # a bigger row count already compiled is reused
+        k = [np.zeros((rows, p + t, kv_heads, head_dim), self._kv_dtype) for _ in range(layers)]
+        v = [np.zeros_like(a) for a in k]
+        pos = np.full((rows, p + t), -1, np.int32)
+        ids = np.full((rows, t), self.tokenizer.pad_id, np.int32)
+        positions = np.full((rows, t), -1, np.int32)
+        for j, (_, prefix, new) in enumerate(chunk):
+            n0 = prefix.length if prefix is not None else 0
+            if prefix is not None:
+                for layer in range(layers):  # PrefixKV holds [kv_heads, length, head_dim]
+                    k[layer][j, :n0] = prefix.k[layer].transpose(1, 0, 2)
+                    v[layer][j, :n0] = prefix.v[layer].transpose(1, 0, 2)
+                pos[j, :n0] = np.arange(n0)
+            ids[j, : len(new)] = new
+            positions[j, : len(new)] = np.arange(n0, n0 + len(new))
+        self.tokens_scored += sum(len(new) for _, _, new in chunk)
+        scores, new_k, new_v = jax.device_get(self._extend(self.state, ids, positions, KVCache(k=k, v=v, pos=pos)))
+        tails = [PrefixKV(tuple(a[j, : len(new)].transpose(1, 0, 2) for a in new_k),
+                          tuple(a[j, : len(new)].transpose(1, 0, 2) for a in new_v), None)
+                 for j, (_, _, new) in enumerate(chunk)]
+        return np.asarray(scores)[: len(chunk)], tails
+
+    def _rows(self, n: int) -> int:
+        """Rows a batch of `n` texts is padded to: a power of two below `batch_size`, else `batch_size`."""
+        return bucket(n, 1) if n < self.batch_size else self.batch_size

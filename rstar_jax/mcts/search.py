@@ -32,7 +32,8 @@ from rstar_jax.steps import build_prompt, format_output, program, stop_kind
 class StepScorer(Protocol):
     """The PPM as the search uses it: a step score in [-1, 1] (tanh(r/5)) for each prompt+response text."""
 
-    def score(self, texts: Sequence[str]) -> np.ndarray: ...
+    def score(self, texts: Sequence[str], prefixes: Sequence[str | None] | None = None) -> np.ndarray:
+        """`prefixes[i]` is the text `texts[i]` extends (its parent's, scored before), for scorers that cache."""
 
 
 class Executor(Protocol):
@@ -348,9 +349,9 @@ class LockstepSearch:
         if scored:
             if self.ppm is None:
                 raise ValueError("problems without ground truth need a PPM to score their answers")
-            texts = [build_prompt(slots[ch.slot].problem.question) + "".join(paths[ch.slot]) + ch.node.text
-                     for ch in scored]
-            for ch, v in zip(scored, np.asarray(self.ppm.score(texts), np.float64)):
+            parents = [build_prompt(slots[ch.slot].problem.question) + "".join(paths[ch.slot]) for ch in scored]
+            texts = [parent + ch.node.text for parent, ch in zip(parents, scored)]
+            for ch, v in zip(scored, np.asarray(self.ppm.score(texts, parents), np.float64)):
                 ch.node.ppm_score = float(v)
             self.stats.ppm_scored += len(scored)
         t9 = time.perf_counter()

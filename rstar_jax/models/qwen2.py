@@ -267,6 +267,10 @@ class Qwen2PPM(nnx.Module):
             segment_ids = (jnp.arange(t)[None] < lengths[:, None]).astype(jnp.int32)
         positions, segment_ids = _defaults(input_ids, positions, segment_ids)
         h = self.model.hidden(self.config, input_ids, positions, segment_ids, self.dtype)
+        return self._value(h, lengths)
+
+    def _value(self, h: jax.Array, lengths: jax.Array) -> jax.Array:
+        """Raw rewards [B] from the hidden state of each row's last real token (`lengths` [B] real tokens)."""
         last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
         w = self.v_head_w[...].astype(last.dtype)
         return (jnp.einsum("bd,do->bo", last, w, preferred_element_type=jnp.float32)[:, 0]
@@ -275,3 +279,10 @@ class Qwen2PPM(nnx.Module):
     def scores(self, input_ids: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
         """Step scores tanh(r / 5)."""
         return step_score(self(input_ids, lengths))
+
+    def scores_cached(self, input_ids: jax.Array, positions: jax.Array, cache: KVCache,
+                      index: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Step scores of rows that continue keys/values already in `cache`: new tokens [B, T] at
+        `positions` (-1 = right padding) are written at slot `index`. Returns the scores [B] and the cache."""
+        h, cache = self.model.hidden_cached(self.config, input_ids, positions, cache, index, self.dtype)
+        return step_score(self._value(h, jnp.sum(positions >= 0, axis=1))), cache

@@ -98,7 +98,7 @@ def test_vote_pools_equivalent_answers_over_the_top_k():
 class AnswerScorer:
     """A scripted PPM: high for texts whose program printed 5, mildly negative otherwise."""
 
-    def score(self, texts):
+    def score(self, texts, prefixes=None):
         return np.array([0.9 if "<output>5" in t else -0.2 for t in texts])
 
 

@@ -105,6 +105,30 @@ def toy_policy(noise=1.0):
     return ScriptedPolicy(lambda p, steps, n, rng: toyworld.teacher_next_steps(p, steps, n, rng, noise))
 
 
+def test_ppm_search_reuses_scored_paths_and_builds_the_same_trees(sandbox):
+    """The search names each new node's parent text, so a caching PPM scorer runs only the new step."""
+    from rstar_jax.mcts.scorer import PPMScorer
+    from rstar_jax.models import Qwen2Config, init_model
+    from rstar_jax.tokenizer import train_demo_tokenizer
+
+    problems = toyworld.generate_problems(6, seed=5, levels=(2, 3))
+    tok = train_demo_tokenizer(toyworld.tokenizer_corpus(problems, np.random.default_rng(0)), 300)
+    ppm = init_model(Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024),
+                     seed=1, ppm=True, head_init_std=0.5)
+    cfg = make_cfg(rollouts=4, num_children=3, q_init="ppm", dedupe="code")
+    trees, scorers = {}, {}
+    for mb in (0, 16):
+        scorers[mb] = PPMScorer(ppm, tok, batch_size=8, min_len=16, cache_mb=mb)
+        trees[mb], _ = run(toy_policy(), problems, cfg, sandbox, ppm=scorers[mb], seed=2)
+    scores = {mb: np.array([n.ppm_score for t in trees[mb] for n in t.nodes if n.ppm_score is not None]) for mb in trees}
+    assert len(scores[0]) > 20
+    np.testing.assert_allclose(scores[16], scores[0], atol=1e-5)
+    shape = lambda mb: [[(n.parent, n.text, n.visits, n.terminal) for n in t.nodes] for t in trees[mb]]
+    assert shape(16) == shape(0)
+    assert len(scorers[16].cache) > 0 and scorers[16].tokens_scored < scorers[0].tokens_scored / 2
+
+
 def strip(tree):
     return json.dumps(tree.to_json(), sort_keys=True)
 
@@ -144,7 +168,7 @@ def test_round4_rule_retries_unsolved_problems_with_fresh_seeds(sandbox):
 class KeywordScorer:
     """A scripted PPM: +0.5 for texts whose first step sets x = 3, -0.5 otherwise."""
 
-    def score(self, texts):
+    def score(self, texts, prefixes=None):
         return np.array([0.5 if "x = 3" in t else -0.5 for t in texts])
 
 
