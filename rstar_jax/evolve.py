@@ -141,7 +141,8 @@ class Evolution:
         from rstar_jax.tokenizer import train_demo_tokenizer
 
         w = self.config.world
-        splits = toyworld.splits(w.seed, n_train=w.n_train, n_pool=w.n_pool, n_heldout=w.n_heldout)
+        splits = toyworld.splits(w.seed, n_train=w.n_train, n_pool=w.n_pool, n_heldout=w.n_heldout,
+                                 n_pool_extra=w.get("n_pool_extra", 0))
         for name, items in splits.items():
             save_problems(d / f"{name}.jsonl", [p.to_problem() for p in items])
         rng = np.random.default_rng(w.seed)

@@ -112,16 +112,18 @@ def generate_problems(n: int, seed: int, levels: Sequence[int] = LEVELS) -> list
 
 
 def splits(seed: int, n_train: int = 2000, n_pool: int = 400, n_heldout: int = 200,
-           levels: Sequence[int] = LEVELS) -> dict[str, list[ToyProblem]]:
+           levels: Sequence[int] = LEVELS, n_pool_extra: int = 0) -> dict[str, list[ToyProblem]]:
     """Train (teacher corpus), pool (searched each round) and held-out (evaluation) sets, disjoint by question.
 
-    Every split cycles through all levels. They are drawn held-out, train, pool: held-out stays the same
-    when the train or pool sizes change, and train (so the pretrained base) when only the pool size does.
+    Every split cycles through all levels. They are drawn held-out, pool, train, then `n_pool_extra`
+    more pool problems: held-out stays the same when the other sizes change, and the extra pool
+    problems leave train (the pretrained base's corpus) as it was.
     """
     rng, seen = np.random.default_rng(seed), set()
-    sizes = {"heldout": n_heldout, "train": n_train, "pool": n_pool}
+    sizes = {"heldout": n_heldout, "pool": n_pool, "train": n_train}
     out = {split: _generate(rng, size, levels, f"{split}{seed}", seen) for split, size in sizes.items()}
-    return {"train": out["train"], "pool": out["pool"], "heldout": out["heldout"]}
+    extra = _generate(rng, n_pool_extra, levels, f"pool{seed}x", seen)
+    return {"train": out["train"], "pool": out["pool"] + extra, "heldout": out["heldout"]}
 
 
 def teacher_next_steps(problem: Problem, steps_so_far: Sequence[str], n: int, rng: np.random.Generator,

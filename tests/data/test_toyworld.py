@@ -55,10 +55,12 @@ def test_splits_are_deterministic_disjoint_and_balanced(split):
     ids = [p.id for v in split.values() for p in v]
     assert len(set(ids)) == len(ids)
     assert all(sum(p.level == lv for p in split["heldout"]) == 40 for lv in tw.LEVELS)
-    # A bigger pool keeps held-out and train (the base model's corpus) and extends the pool.
-    bigger = tw.splits(0, n_train=600, n_pool=300, n_heldout=240)
+    # Extra pool problems keep held-out and train (the base model's corpus) and extend the pool.
+    bigger = tw.splits(0, n_train=600, n_pool=120, n_heldout=240, n_pool_extra=180)
     assert (bigger["heldout"], bigger["train"]) == (split["heldout"], split["train"])
-    assert bigger["pool"][:120] == split["pool"]
+    assert bigger["pool"][:120] == split["pool"] and len(bigger["pool"]) == 300
+    assert len({p.question for v in bigger.values() for p in v}) == 1140
+    assert [p.level for p in bigger["pool"][120:126]] == [1, 2, 3, 4, 5, 6]
 
 
 def test_question_reads_naturally():
