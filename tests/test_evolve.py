@@ -55,3 +55,21 @@ def test_training_sets_accumulate_rounds_without_repeats(tmp_path, accumulate):
     assert sft == ([a, b, c] if accumulate else [b, c]) and pairs == [p, q]
     assert summary == {"sft_examples": len(sft), "teacher_examples": 0, "ppm_pairs": 2,
                        "rounds": [1, 2] if accumulate else [2]}
+
+
+def test_world_stage_extends_the_pool_without_touching_train_or_heldout(tmp_path):
+    from configs import demo_smoke
+    from rstar_jax.data.problems import load_problems
+
+    worlds = {}
+    for extra in (0, 5):
+        config = demo_smoke.get_config()
+        config.world.n_pool_extra = extra
+        config.mesh.data = -1  # every (fake) device; the world stage runs no model
+        wd = epath.Path(tmp_path) / f"extra{extra}"
+        summary = evolve.run_stage(wd, "world", evolve.Evolution(config, wd, sandbox=None).make_world)
+        worlds[extra] = {s: load_problems(wd / f"world/{s}.jsonl") for s in ("train", "pool", "heldout")}
+        assert summary["problems"]["pool"] == config.world.n_pool + extra
+    assert worlds[5]["train"] == worlds[0]["train"] and worlds[5]["heldout"] == worlds[0]["heldout"]
+    assert worlds[5]["pool"][: len(worlds[0]["pool"])] == worlds[0]["pool"]
+    assert not {p.question for p in worlds[5]["pool"]} & {p.question for p in worlds[5]["train"]}
