@@ -35,7 +35,7 @@ def main():
     from configs import base, demo
     from rstar_jax.data import toyworld
     from rstar_jax.mcts import ScriptedPolicy
-    from rstar_jax.mcts.lm_policy import PrefixCache
+    from rstar_jax.generate import PrefixCache
     from rstar_jax.mcts.scorer import PPMScorer
     from rstar_jax.mcts.search import LockstepSearch
     from rstar_jax.models import Qwen2Config, init_model

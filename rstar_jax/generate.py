@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,6 +79,37 @@ class PrefixKV:
         """This sequence followed by `tail` (whose keys/values sit at the positions after this one)."""
         cat = lambda a, b: tuple(np.concatenate([x, y], axis=1) for x, y in zip(a, b))
         return PrefixKV(cat(self.k, tail.k), cat(self.v, tail.v), tail.logits)
+
+
+class PrefixCache:
+    """Prompt text -> (its token ids, PrefixKV); least recently used first out once the stored bytes
+    pass `budget`."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.bytes = 0
+        self._items: OrderedDict[str, tuple[list[int], PrefixKV]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, text: str) -> tuple[list[int], PrefixKV] | None:
+        hit = self._items.get(text)
+        if hit is not None:
+            self._items.move_to_end(text)
+        return hit
+
+    def put(self, text: str, ids: list[int], kv: PrefixKV) -> None:
+        old = self._items.pop(text, None)
+        if old is not None:
+            self.bytes -= old[1].nbytes
+        if kv.nbytes > self.budget:
+            return
+        self._items[text] = (ids, kv)
+        self.bytes += kv.nbytes
+        while self.bytes > self.budget:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self.bytes -= dropped.nbytes
 
 
 def bucket(n: int, minimum: int = 16) -> int:

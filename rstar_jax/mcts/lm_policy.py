@@ -15,10 +15,10 @@ miss only costs a prefill.
 """
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 
-from rstar_jax.generate import STOP_TOKEN, Generator, PrefixKV
+from rstar_jax.generate import STOP_TOKEN, Generator, PrefixCache
 from rstar_jax.mcts.policy import FinishRequest, PolicyCounters, StepRequest, derive_seed
 from rstar_jax.steps import END_OF_ANSWER, END_OF_STEP, STOP_STRINGS
 
@@ -105,33 +105,3 @@ class LMPolicy:
         ids = self.tokenizer.encode_batch([r.prompt for r in requests])
         return [t[0] for t in self._sample(ids, 1, [r.seed for r in requests], self.answer_stops)]
 
-
-class PrefixCache:
-    """Prompt text -> (its token ids, PrefixKV); least recently used first out once the stored bytes
-    pass `budget`."""
-
-    def __init__(self, budget: int):
-        self.budget = budget
-        self.bytes = 0
-        self._items: OrderedDict[str, tuple[list[int], PrefixKV]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, text: str) -> tuple[list[int], PrefixKV] | None:
-        hit = self._items.get(text)
-        if hit is not None:
-            self._items.move_to_end(text)
-        return hit
-
-    def put(self, text: str, ids: list[int], kv: PrefixKV) -> None:
-        old = self._items.pop(text, None)
-        if old is not None:
-            self.bytes -= old[1].nbytes
-        if kv.nbytes > self.budget:
-            return
-        self._items[text] = (ids, kv)
-        self.bytes += kv.nbytes
-        while self.bytes > self.budget:
-            _, (_, dropped) = self._items.popitem(last=False)
-            self.bytes -= dropped.nbytes

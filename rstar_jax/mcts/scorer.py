@@ -17,8 +17,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from rstar_jax.generate import PrefixKV, bucket, row_bucket
-from rstar_jax.mcts.lm_policy import PrefixCache
+from rstar_jax.generate import PrefixCache, PrefixKV, bucket, row_bucket
 from rstar_jax.models import KVCache, functional
 
 NEW_TOKENS_BUCKET = 32  # smallest padded width of the tokens run after a cached prefix (a step is ~10-50 tokens)

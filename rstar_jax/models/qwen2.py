@@ -40,7 +40,8 @@ class KVCache:
     per-sequence lengths and copied prefixes all work with one scalar write index.
 
     A prefix is a slice [:, :index] of these arrays; extending it is `forward_cached` on the new
-    tokens at `index`. (The search's reuse of decoded paths lives in generate.generate_extending.)
+    tokens at `index`. (The search's reuse of decoded paths lives in generate.generate_extending, and
+    of scored paths in mcts.scorer, which extends through `Qwen2PPM.scores_cached`.)
     """
 
     k: list[jax.Array]

@@ -6,8 +6,8 @@ import pytest
 
 from rstar_jax.data import toyworld
 from rstar_jax.mcts import StepRequest
-from rstar_jax.generate import PrefixKV
-from rstar_jax.mcts.lm_policy import LMPolicy, PrefixCache
+from rstar_jax.generate import PrefixCache, PrefixKV
+from rstar_jax.mcts.lm_policy import LMPolicy
 from rstar_jax.mcts.records import TreeRecord
 from rstar_jax.mcts.search import LockstepSearch
 from rstar_jax.steps import END_OF_STEP, STOP_STRINGS, stop_kind
