@@ -24,12 +24,14 @@ from rstar_jax.steps import END_OF_ANSWER, END_OF_CODE, build_prompt, format_out
 
 @dataclasses.dataclass
 class Solution:
-    """One sampled full solution, its extracted answer, correctness and decoded-token count."""
+    """One sampled full solution, its extracted answer, correctness, decoded-token count and the policy's
+    summed log-probability of the tokens it decoded (code and answer; not the executed output)."""
 
     text: str
     answer: str | None
     correct: bool
     tokens: int
+    logprob: float
 
 
 def sample_solutions(generator: Generator, tokenizer, problems: Sequence[Any], n: int, *, sandbox,
@@ -69,6 +71,7 @@ def _sample_call(generator: Generator, tokenizer, problems: Sequence[Any], n: in
                                stop_token_ids=code_stops, decode=tokenizer, seeds=seeds)
     texts = [c.text for c in first]
     tokens = [c.new_tokens for c in first]
+    logprobs = [c.logprob for c in first]
     finals = [i for i, t in enumerate(texts) if stop_kind(t) == "code"]
     results = sandbox.run_many([program([texts[i]]) for i in finals])
     for i, res in zip(finals, results):
@@ -81,12 +84,14 @@ def _sample_call(generator: Generator, tokenizer, problems: Sequence[Any], n: in
         for i, c in zip(finals, tails):
             texts[i] += c.text
             tokens[i] += c.new_tokens
+            logprobs[i] += c.logprob
     out: list[list[Solution]] = []
     for k, p in enumerate(problems):
         row = []
         for i in range(k * n, (k + 1) * n):
             answer = extract_answer(texts[i]) if stop_kind(texts[i]) == "answer" else None
-            row.append(Solution(texts[i], answer, answer is not None and is_equiv(answer, p.answer), tokens[i]))
+            row.append(Solution(texts[i], answer, answer is not None and is_equiv(answer, p.answer), tokens[i],
+                                logprobs[i]))
         out.append(row)
     return out
 
@@ -117,6 +122,20 @@ def best_by_score(solutions: Sequence[Solution], scores: Sequence[float]) -> Sol
     return solutions[max(answered)[1]] if answered else None
 
 
+def ranking_accuracy(rows: Sequence[Sequence[Solution]], scores: Sequence[Sequence[float]]) -> float | None:
+    """How often a score ranks a right solution above a wrong one of the same problem: the share of
+    (right, wrong) pairs within each row, ties counting half. None when no row mixes right and wrong."""
+    wins, pairs = 0.0, 0
+    for row, row_scores in zip(rows, scores):
+        right = [float(sc) for s, sc in zip(row, row_scores) if s.correct]
+        wrong = [float(sc) for s, sc in zip(row, row_scores) if not s.correct]
+        for a in right:
+            for b in wrong:
+                wins += 1.0 if a > b else 0.5 if a == b else 0.0
+                pairs += 1
+    return wins / pairs if pairs else None
+
+
 def evaluate_policy(generator: Generator, tokenizer, problems: Sequence[Any], cfg, *, sandbox,
                     scorer=None, mcts_policy=None, seed: int = 0) -> dict[str, Any]:
     """Held-out numbers for one policy: greedy (overall and by level), majority vote over
@@ -128,7 +147,7 @@ def evaluate_policy(generator: Generator, tokenizer, problems: Sequence[Any], cf
         "problems": len(problems),
         "greedy": _mean(s.correct for s in greedy),
         "by_level": accuracy_by_level(problems, [s.correct for s in greedy]),
-        "majority": None, "best_of_n": None, "mcts_ppm": None,
+        "majority": None, "best_of_n": None, "mcts_ppm": None, "ranking": None,
     }
     if cfg.samples > 1:
         sampled = sample_solutions(generator, tokenizer, problems, cfg.samples, sandbox=sandbox,
@@ -137,13 +156,15 @@ def evaluate_policy(generator: Generator, tokenizer, problems: Sequence[Any], cf
         out["majority"] = _mean(bool(m is not None and is_equiv(m, p.answer))
                                 for p, m in zip(problems, (majority(row) for row in sampled)))
         out["pass_at_n"] = _mean(any(s.correct for s in row) for row in sampled)
+        # Can a score tell a right sample from a wrong one? The policy's own log-probability is the baseline
+        # a PPM must beat for best-of-N or MCTS + PPM to beat greedy decoding.
+        out["ranking"] = {"policy": ranking_accuracy(sampled, [[s.logprob for s in row] for row in sampled]),
+                          "ppm": None}
         if scorer is not None:
-            picks = []
-            for p, row in zip(problems, sampled):
-                scores = scorer.score([build_prompt(p.question) + s.text for s in row])
-                best = best_by_score(row, scores)
-                picks.append(best is not None and best.correct)
-            out["best_of_n"] = _mean(picks)
+            scores = [scorer.score([build_prompt(p.question) + s.text for s in row]) for p, row in zip(problems, sampled)]
+            picks = [best_by_score(row, sc) for row, sc in zip(sampled, scores)]
+            out["best_of_n"] = _mean(best is not None and best.correct for best in picks)
+            out["ranking"]["ppm"] = ranking_accuracy(sampled, scores)
     if scorer is not None and mcts_policy is not None and cfg.mcts_ppm:
         from rstar_jax.mcts.run import solve
 

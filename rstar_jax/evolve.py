@@ -324,7 +324,8 @@ class Evolution:
             seconds = {k: (stage_done(self.wd, f"round_{r}/{k}") or {}).get("seconds", 0.0)
                        for k in ("search", "select", "policy", "ppm", "eval")}
             rounds.append({"round": r, "heldout": {k: ev.get(k) for k in
-                                                   ("greedy", "majority", "best_of_n", "mcts_ppm", "by_level")},
+                                                   ("greedy", "majority", "best_of_n", "mcts_ppm", "pass_at_n",
+                                                    "ranking", "by_level")},
                            # counters that survive a resumed search (token counts cover the last call only)
                            "search": {k: search.get(k, 0) for k in ("problems", "solved", "rollouts")},
                            "ppm": {"pair_acc": ppm.get("eval_accuracy")}, "seconds": seconds})

@@ -55,6 +55,14 @@ def format_table(report: dict[str, Any]) -> str:
         for r in report.get("rounds", []):
             by = r.get("heldout", {}).get("by_level") or {}
             lines.append(f"round {r['round']:<10} " + "  ".join(_fmt(by.get(l)).rjust(5) for l in levels))
+    sampled = [r for r in report.get("rounds", []) if (r.get("heldout") or {}).get("ranking")]
+    if sampled:
+        lines.append("")
+        lines.append("sampled solutions: pass@N, and how often a score ranks a right one above a wrong one")
+        for r in sampled:
+            held = r["heldout"]
+            lines.append(f"round {r['round']:<10} pass@N {_fmt(held.get('pass_at_n'))}  policy log-prob "
+                         f"{_fmt(held['ranking'].get('policy'))}  PPM {_fmt(held['ranking'].get('ppm'))}")
     eq = report.get("equal_budget")
     if eq:
         lines.append("")

@@ -4,7 +4,7 @@ import pytest
 
 from rstar_jax.data import toyworld
 from configs.base import eval_config, mcts_config
-from rstar_jax.evaluate import equal_budget, sample_solutions
+from rstar_jax.evaluate import Solution, equal_budget, evaluate_policy, ranking_accuracy, sample_solutions
 from rstar_jax.generate import Generator
 from rstar_jax.mcts.lm_policy import LMPolicy
 from rstar_jax.mcts.scorer import PPMScorer
@@ -22,10 +22,14 @@ class CountingGenerator(Generator):
 
         self.temperatures: list[float] = []
 
+        self.logprobs: list[list[float]] = []
+
     def generate(self, prompts, max_new_tokens, *, n=1, **kw):
         self.rows.append(len(prompts) * n)
         self.temperatures.append(kw.get("temperature"))
-        return super().generate(prompts, max_new_tokens, n=n, **kw)
+        out = super().generate(prompts, max_new_tokens, n=n, **kw)
+        self.logprobs.append([c.logprob for c in out])
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +87,42 @@ def test_equal_budget_samples_at_the_search_temperature(tiny):
     searched = max(out["tokens"]["mcts"], out["tokens"]["mcts_ppm"])
     assert searched > 0 and 0 < out["tokens"]["best_of_n"] <= 3 * searched  # N sized to the search's tokens
     assert all(0.0 <= out[k] <= 1.0 for k in ("mcts", "mcts_ppm", "best_of_n")) and out["explanation"]
+
+
+def _sol(correct: bool) -> Solution:
+    return Solution("", "1" if correct else "2", correct, 1, 0.0)
+
+
+def test_ranking_accuracy_counts_right_above_wrong_pairs_within_a_problem():
+    rows = [[_sol(True), _sol(False), _sol(False)], [_sol(True), _sol(True)], [_sol(True), _sol(False)]]
+    scores = [[3.0, 1.0, 3.0], [0.0, 9.0], [0.0, 2.0]]
+    # row 0: 3 > 1 wins, 3 == 3 counts half; row 1 has no wrong solution; row 2: 0 < 2 loses
+    assert ranking_accuracy(rows, scores) == pytest.approx(1.5 / 3)
+    assert ranking_accuracy(rows[1:2], scores[1:2]) is None
+
+
+def test_solution_logprob_sums_its_code_and_answer_decodes(tiny):
+    model, tok, problems, sb = tiny
+    gen = CountingGenerator(model)
+    out = sample_solutions(gen, tok, problems, 3, sandbox=sb, temperature=1.0, max_tokens=24, seed=3)
+    first = gen.logprobs[0]
+    tails = [lp for call in gen.logprobs[1:] for lp in call]
+    flat = [s for row in out for s in row]
+    assert sum(s.logprob for s in flat) == pytest.approx(sum(first) + sum(tails), abs=1e-3)
+    assert all(s.logprob <= 0.0 for s in flat)
+    if not tails:                                                # no code finished: each solution is one decode
+        assert [s.logprob for s in flat] == pytest.approx(first)
+
+
+def test_evaluate_policy_reports_how_scores_rank_samples(tiny):
+    model, tok, problems, sb = tiny
+    cfg = eval_config()
+    cfg.update(samples=3, max_tokens=24, temperature=1.0, top_p=1.0, mcts_ppm=False)
+    ppm = PPMScorer(init_model(model.config, seed=1, ppm=True), tok)
+    out = evaluate_policy(Generator(model), tok, problems, cfg, sandbox=sb, scorer=ppm)
+    assert set(out["ranking"]) == {"policy", "ppm"}
+    for v in out["ranking"].values():
+        assert v is None or 0.0 <= v <= 1.0
+    greedy_only = cfg.copy_and_resolve_references()
+    greedy_only.samples = 1
+    assert evaluate_policy(Generator(model), tok, problems, greedy_only, sandbox=sb)["ranking"] is None
