@@ -1,5 +1,7 @@
 """Evaluation of a policy (and PPM) on problems with ground truth: greedy pass@1, majority vote,
-best-of-N by PPM score, MCTS + PPM with a top-K vote, and the equal decoded-token budget comparison.
+best-of-N by PPM score, MCTS + PPM with a top-K vote, and the equal decoded-token budget comparison;
+with sampling, also pass@N and how often the PPM and the policy's log-probability rank a right sample
+above a wrong one (a PPM that ranks worse than the policy cannot make best-of-N beat greedy).
 
 A whole solution is sampled the way the search writes its final step: decode to `<end_of_code>`
 (intermediate `<end_of_step>` markers are part of the text), run the program in the sandbox, append
