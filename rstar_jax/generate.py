@@ -30,7 +30,7 @@ from absl import logging
 from flax import nnx
 
 from rstar_jax import sharding
-from rstar_jax.models.qwen2 import _MASKED, Qwen2ForCausalLM
+from rstar_jax.models.qwen2 import _MASKED, KVCache, Qwen2ForCausalLM
 
 COMPILES: list[tuple] = []  # one entry per traced program: (name, shape key); tests and logs read it
 ROW_REUSE = 4  # a call may run in an already compiled row bucket up to this many times its own
@@ -110,6 +110,39 @@ class PrefixCache:
         while self.bytes > self.budget:
             _, (_, dropped) = self._items.popitem(last=False)
             self.bytes -= dropped.nbytes
+
+
+def pack_extension(items: Sequence[tuple[PrefixKV | None, Sequence[int]]], rows: int, prefix_len: int, new_len: int,
+                   pad_id: int, kv_shape: tuple[int, int, int], dtype) -> tuple[np.ndarray, np.ndarray, KVCache]:
+    """One batch of (known prefix or None, new tokens) rows for a forward that runs only the new tokens:
+    ids and positions [rows, new_len] (-1 = padding) and a host KVCache of [rows, prefix_len + new_len]
+    slots whose first ones hold each prefix (the new tokens' keys/values go after prefix_len).
+    kv_shape is the model's (layers, kv_heads, head_dim)."""
+    layers, kv_heads, head_dim = kv_shape
+    k = [np.zeros((rows, prefix_len + new_len, kv_heads, head_dim), dtype) for _ in range(layers)]
+    v = [np.zeros_like(a) for a in k]
+    pos = np.full((rows, prefix_len + new_len), -1, np.int32)
+    ids = np.full((rows, new_len), pad_id, np.int32)
+    positions = np.full((rows, new_len), -1, np.int32)
+    for j, (prefix, new) in enumerate(items):
+        n0 = prefix.length if prefix is not None else 0
+        if prefix is not None:
+            for layer in range(layers):  # PrefixKV holds [kv_heads, length, head_dim]
+                k[layer][j, :n0] = prefix.k[layer].transpose(1, 0, 2)
+                v[layer][j, :n0] = prefix.v[layer].transpose(1, 0, 2)
+            pos[j, :n0] = np.arange(n0)
+        ids[j, : len(new)] = new
+        positions[j, : len(new)] = np.arange(n0, n0 + len(new))
+    return ids, positions, KVCache(k=k, v=v, pos=pos)
+
+
+def unpack_extension(new_k: Sequence[np.ndarray], new_v: Sequence[np.ndarray], items, logits=None) -> list[PrefixKV]:
+    """Each row's new tokens' keys/values (from [rows, new_len, kv_heads, head_dim] per layer) as a
+    PrefixKV to `extend` its prefix with; `logits` [rows, vocab] are the ones after its last new token."""
+    return [PrefixKV(tuple(a[j, : len(new)].transpose(1, 0, 2) for a in new_k),
+                     tuple(a[j, : len(new)].transpose(1, 0, 2) for a in new_v),
+                     None if logits is None else logits[j])
+            for j, (_, new) in enumerate(items)]
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -249,6 +282,18 @@ def _prefill(graphdef, state, ids, positions, seeds, n: int):
     to_heads = lambda x: jnp.transpose(x, (0, 2, 1, 3))
     prompt = dict(k=[to_heads(k) for k in cache.k], v=[to_heads(v) for v in cache.v], visible=cache.pos >= 0)
     return jnp.repeat(logits, n, axis=0), prompt, _row_keys(seeds, n)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _extend(graphdef, state, ids, positions, cache: KVCache, last):
+    """Runs right-padded new tokens [B, T] after the prefixes in `cache` (slots before S - T). Returns
+    the fp32 logits after each row's token `last` [B] and the new tokens' keys/values per layer."""
+    _log_compile("extend", (ids.shape, cache.length))
+    model = nnx.merge(graphdef, state)
+    p = cache.length - ids.shape[1]
+    h, cache = model.model.hidden_cached(model.config, ids, positions, cache, p, model.dtype)
+    h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    return (model.logits(h_last).astype(jnp.float32), [k[:, p:] for k in cache.k], [v[:, p:] for v in cache.v])
 
 
 def _row_keys(seeds, n: int):
@@ -495,6 +540,28 @@ class Generator:
                                 final["after_stop"][i])
             out.append(c)
         return out, known
+
+    def extend_kv(self, prefixes: Sequence[PrefixKV], tails: Sequence[Sequence[int]]) -> list[PrefixKV]:
+        """Each prefix followed by its (non-empty) tail tokens, with the logits after the tail: one forward
+        over the tails only, so text appended to a cached path (a program's output) needs no prefill of it."""
+        if len(prefixes) != len(tails) or any(len(t) == 0 for t in tails):
+            raise ValueError(f"extend_kv: {len(prefixes)} prefixes for {len(tails)} tails, all non-empty")
+        if not prefixes:
+            return []
+        self._check_prompts(tails)
+        items = list(zip(prefixes, tails))
+        p = bucket(max(kv.length for kv in prefixes), self.min_prompt_bucket)
+        t = bucket(max(len(x) for x in tails), self.min_new_bucket)
+        rows = row_bucket(len(items), ("extend", p, t, self._shards), self._shards)
+        ids, positions, cache = pack_extension(items, rows, p, t, 0, (self._layers, self._kv_heads, self._head_dim),
+                                               self._kv_dtype)
+        last = np.zeros(rows, np.int32)
+        last[: len(tails)] = [len(x) - 1 for x in tails]
+        cache = KVCache(k=[self._put(a) for a in cache.k], v=[self._put(a) for a in cache.v], pos=self._put(cache.pos))
+        with self._mesh_context():
+            out = _extend(self.graphdef, self.state, self._put(ids), self._put(positions), cache, self._put(last))
+        logits, new_k, new_v = jax.device_get(out)
+        return [prefix.extend(tail) for prefix, tail in zip(prefixes, unpack_extension(new_k, new_v, items, logits))]
 
     def _prompt_kv(self, prompts: Sequence[Sequence[int]]) -> list[PrefixKV]:
         """Each prompt's keys/values and last logits, from one prefill (host arrays)."""

@@ -147,6 +147,22 @@ def test_extending_known_prefixes_equals_generating_from_their_ids(small):
         g.generate_extending([None], [None], 4)
 
 
+def test_extend_kv_equals_prefilling_the_whole_prompt(small):
+    g = gen.Generator(small)
+    whole = g._prompt_kv(SP)
+    cuts = [1, len(SP[1]) // 2, len(SP[2]) - 1]                 # tails of different lengths, one a single token
+    ext = g.extend_kv(g._prompt_kv([p[:c] for p, c in zip(SP, cuts)]), [p[c:] for p, c in zip(SP, cuts)])
+    for a, b in zip(ext, whole):
+        assert a.length == b.length
+        np.testing.assert_allclose(a.logits, b.logits, atol=1e-4)
+        for x, y in zip(a.k + a.v, b.k + b.v):
+            np.testing.assert_allclose(x, y, atol=1e-5)
+    shifted = g.extend_kv(g._prompt_kv([SP[0][:1]]), [SP[0][2:]])  # a token missing: must not match
+    assert not np.allclose(shifted[0].logits, whole[0].logits, atol=1e-3)
+    with pytest.raises(ValueError, match="non-empty"):
+        g.extend_kv(whole[:1], [[]])
+
+
 def test_stop_strings_spanning_tokens_stop_at_the_right_place(small):
     table = {t: f"<{t:02d}>" for t in range(SMALL.vocab_size)}
     decode = lambda ids: "".join(table[t] for t in ids)

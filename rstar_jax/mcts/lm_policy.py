@@ -6,8 +6,9 @@ samples; without it every sample re-prefills the path (the cost the issue measur
 the step markers, which are single tokens of the step tokenizer, so stops are detected on device.
 
 With `prefix_cache_mb` > 0 (and `share_prefix`) the keys/values of every candidate that ended on
-`<end_of_step>` are kept on the host, keyed by its node's prompt text (the text the search asks with when
-it expands that node), so an expansion prefills nothing but new roots and evicted paths. A candidate
+`<end_of_step>` or `<end_of_code>` are kept on the host, keyed by its node's prompt text (the text the
+search asks with when it expands that node, or finishes it from), so an expansion prefills nothing but
+new roots and evicted paths, and an answer continuation prefills only the program's output. A candidate
 is stored only when its node's text encodes to exactly the tokens that were sampled (a model may
 sample a non-canonical split, such as a character cut between byte tokens), so a hit gives what a
 prefill of the text would. Least recently used entries go first once the byte budget is reached; a
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 
 from rstar_jax.generate import STOP_TOKEN, Generator, PrefixCache
 from rstar_jax.mcts.policy import FinishRequest, PolicyCounters, StepRequest, derive_seed
-from rstar_jax.steps import END_OF_ANSWER, END_OF_STEP, STOP_STRINGS
+from rstar_jax.steps import END_OF_ANSWER, END_OF_CODE, END_OF_STEP, STOP_STRINGS
 
 
 class LMPolicy:
@@ -35,7 +36,7 @@ class LMPolicy:
         self.cache = PrefixCache(budget) if budget > 0 and self.share_prefix else None
         self.sampling = dict(temperature=float(cfg.temperature), top_p=float(cfg.top_p), top_k=int(cfg.top_k))
         self.step_stops = [tokenizer.token_id(s) for s in STOP_STRINGS] + [tokenizer.eos_id]
-        self.end_of_step = tokenizer.token_id(END_OF_STEP)
+        self.cached_ends = {tokenizer.token_id(END_OF_STEP), tokenizer.token_id(END_OF_CODE)}  # nodes expanded or finished from
         self.answer_stops = [tokenizer.token_id(END_OF_ANSWER), tokenizer.eos_id]
         self.counters = PolicyCounters()
 
@@ -61,7 +62,7 @@ class LMPolicy:
             stop_token_ids=self.step_stops, decode=self.tokenizer, seeds=seeds, **self.sampling)
         for i in missing:
             self.cache.put(texts[i], ids[i], prompt_kv[i])
-        ended = [j for j, c in enumerate(out) if c.stop_reason == STOP_TOKEN and c.tokens[-1] == self.end_of_step]
+        ended = [j for j, c in enumerate(out) if c.stop_reason == STOP_TOKEN and c.tokens[-1] in self.cached_ends]
         child_texts = [texts[j // n] + out[j].text for j in ended]
         for j, text, encoded in zip(ended, child_texts, self.tokenizer.encode_batch(child_texts)):
             child_ids = list(ids[j // n]) + out[j].tokens
@@ -103,5 +104,22 @@ class LMPolicy:
 
     def finish(self, requests: Sequence[FinishRequest]) -> list[str]:
         ids = self.tokenizer.encode_batch([r.prompt for r in requests])
-        return [t[0] for t in self._sample(ids, 1, [r.seed for r in requests], self.answer_stops)]
+        seeds = [r.seed for r in requests]
+        if self.cache is None:
+            return [t[0] for t in self._sample(ids, 1, seeds, self.answer_stops)]
+        # The final step was sampled (and cached) up to <end_of_code>: only its output block is prefilled,
+        # on top of it, when the whole prompt's tokens start with the cached ones.
+        hits = [self.cache.get(r.code_prompt) for r in requests]
+        use = [i for i, hit in enumerate(hits)
+               if hit is not None and len(hit[0]) < len(ids[i]) and ids[i][: len(hit[0])] == hit[0]]
+        prefixes: list = [None] * len(requests)
+        for i, kv in zip(use, self.generator.extend_kv([hits[i][1] for i in use],
+                                                       [ids[i][len(hits[i][0]):] for i in use])):
+            prefixes[i] = kv
+        out, _ = self.generator.generate_extending(
+            [None if prefixes[i] is not None else ids[i] for i in range(len(ids))], prefixes, self.max_new, n=1,
+            stop_token_ids=self.answer_stops, decode=self.tokenizer, seeds=seeds, **self.sampling)
+        self.counters.cached_prompts += len(use)
+        prefilled = sum(len(ids[i]) - (len(hits[i][0]) if prefixes[i] is not None else 0) for i in range(len(ids)))
+        return [t[0] for t in self._counted(out, 1, prefilled)]
 

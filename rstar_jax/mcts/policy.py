@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rstar_jax.steps import ANSWER_START, END_OF_ANSWER, END_OF_OUTPUT, OUTPUT_START, build_prompt
+from rstar_jax.steps import ANSWER_START, END_OF_ANSWER, END_OF_CODE, END_OF_OUTPUT, OUTPUT_START, build_prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,13 @@ class FinishRequest:
     @property
     def prompt(self) -> str:
         return build_prompt(self.problem.question) + "".join(self.steps) + self.partial
+
+    @property
+    def code_prompt(self) -> str:
+        """The prompt up to the final step's `<end_of_code>`, before the output: the text that was sampled."""
+        cut = self.partial.find(END_OF_CODE)
+        return build_prompt(self.problem.question) + "".join(self.steps) + (
+            self.partial[: cut + len(END_OF_CODE)] if cut >= 0 else self.partial)
 
 
 @dataclasses.dataclass

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from rstar_jax.generate import PrefixCache, PrefixKV, bucket, row_bucket
-from rstar_jax.models import KVCache, functional
+from rstar_jax.generate import PrefixCache, PrefixKV, bucket, pack_extension, row_bucket, unpack_extension
+from rstar_jax.models import functional
 
 NEW_TOKENS_BUCKET = 32  # smallest padded width of the tokens run after a cached prefix (a step is ~10-50 tokens)
 
@@ -94,29 +94,14 @@ class PPMScorer:
     def _score_after(self, chunk) -> tuple[np.ndarray, list[PrefixKV]]:
         """Scores of (index, prefix keys/values or None, new tokens) rows, run as new tokens after their
         prefixes in one padded batch, and each row's new-token keys/values."""
-        layers, kv_heads, head_dim = self._kv_shape
-        p = bucket(max(prefix.length if prefix is not None else 0 for _, prefix, _ in chunk), self.min_len)
-        t = bucket(max(len(new) for _, _, new in chunk), NEW_TOKENS_BUCKET)
+        items = [(prefix, new) for _, prefix, new in chunk]
+        p = bucket(max(prefix.length if prefix is not None else 0 for prefix, _ in items), self.min_len)
+        t = bucket(max(len(new) for _, new in items), NEW_TOKENS_BUCKET)
         rows = row_bucket(len(chunk), ("ppm", p, t))  # a bigger row count already compiled is reused
-        k = [np.zeros((rows, p + t, kv_heads, head_dim), self._kv_dtype) for _ in range(layers)]
-        v = [np.zeros_like(a) for a in k]
-        pos = np.full((rows, p + t), -1, np.int32)
-        ids = np.full((rows, t), self.tokenizer.pad_id, np.int32)
-        positions = np.full((rows, t), -1, np.int32)
-        for j, (_, prefix, new) in enumerate(chunk):
-            n0 = prefix.length if prefix is not None else 0
-            if prefix is not None:
-                for layer in range(layers):  # PrefixKV holds [kv_heads, length, head_dim]
-                    k[layer][j, :n0] = prefix.k[layer].transpose(1, 0, 2)
-                    v[layer][j, :n0] = prefix.v[layer].transpose(1, 0, 2)
-                pos[j, :n0] = np.arange(n0)
-            ids[j, : len(new)] = new
-            positions[j, : len(new)] = np.arange(n0, n0 + len(new))
-        self.tokens_scored += sum(len(new) for _, _, new in chunk)
-        scores, new_k, new_v = jax.device_get(self._extend(self.state, ids, positions, KVCache(k=k, v=v, pos=pos)))
-        tails = [PrefixKV(tuple(a[j, : len(new)].transpose(1, 0, 2) for a in new_k),
-                          tuple(a[j, : len(new)].transpose(1, 0, 2) for a in new_v), None)
-                 for j, (_, _, new) in enumerate(chunk)]
+        ids, positions, cache = pack_extension(items, rows, p, t, self.tokenizer.pad_id, self._kv_shape, self._kv_dtype)
+        self.tokens_scored += sum(len(new) for _, new in items)
+        scores, new_k, new_v = jax.device_get(self._extend(self.state, ids, positions, cache))
+        tails = unpack_extension(new_k, new_v, items)
         return np.asarray(scores)[: len(chunk)], tails
 
     def _rows(self, n: int) -> int:

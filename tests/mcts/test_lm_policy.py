@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rstar_jax.data import toyworld
-from rstar_jax.mcts import StepRequest
+from rstar_jax.mcts import FinishRequest, StepRequest
 from rstar_jax.generate import PrefixCache, PrefixKV
 from rstar_jax.mcts.lm_policy import LMPolicy
 from rstar_jax.mcts.records import TreeRecord
@@ -99,13 +99,33 @@ def test_prefix_cache_continues_known_paths_without_a_prefill(tiny):
     prompts = {r.prompt: r.problem for r in roots}
     # The random model now and then closes a step whose text encodes back to its tokens (seeded: here one).
     children = [StepRequest(prompts[root], (text[len(root):],), 3, seed=5)
-                for text in cached.cache._items for root in prompts if text != root and text.startswith(root)]
-    assert children and all(c.steps[0].endswith(END_OF_STEP) for c in children)
+                for text in cached.cache._items for root in prompts
+                if text != root and text.startswith(root) and text.endswith(END_OF_STEP)]
+    assert children
     requests = [StepRequest(r.problem, (), 3, seed=r.seed) for r in roots[:2]] + children
     prefilled = cached.counters.prefill_tokens
     got = cached.propose(requests)
     assert cached.counters.prefill_tokens == prefilled and cached.counters.cached_prompts == len(requests)
     assert got == LMPolicy(model, tok, lm_cfg(max_step_tokens=8)).propose(requests)
+
+
+def test_finish_prefills_only_the_output_after_a_cached_final_step(tiny):
+    model, tok, problems = tiny
+    steps = ("<code>\n# Step 1: start\nx = 7\n<end_of_step>",)
+    reqs = [FinishRequest(p, steps, "\n# Now print the final answer\nprint(x)\n<end_of_code><output>7\n<end_of_output>",
+                          seed=i) for i, p in enumerate(problems)]
+    cached = LMPolicy(model, tok, lm_cfg(prefix_cache_mb=64, max_step_tokens=12))
+    # The search samples a final step up to <end_of_code> and caches it; here three of four are known.
+    code_ids = tok.encode_batch([r.code_prompt for r in reqs[:3]])
+    for r, ids, kv in zip(reqs, code_ids, cached.generator._prompt_kv(code_ids)):
+        cached.cache.put(r.code_prompt, ids, kv)
+    got = cached.finish(reqs)
+    full = [len(x) for x in tok.encode_batch([r.prompt for r in reqs])]
+    assert all(r.prompt.startswith(r.code_prompt) and r.code_prompt.endswith("<end_of_code>") for r in reqs)
+    assert cached.counters.cached_prompts == 3
+    assert cached.counters.prefill_tokens == sum(full) - sum(len(x) for x in code_ids)  # outputs + the unknown one
+    assert got == LMPolicy(model, tok, lm_cfg(max_step_tokens=12)).finish(reqs)
+    assert len(set(got)) > 1                                     # real samples, not one text repeated
 
 
 def test_prefix_cache_drops_the_least_recently_used_past_its_budget():
