@@ -163,7 +163,8 @@ def evaluate_policy(generator: Generator, tokenizer, problems: Sequence[Any], cf
         out["ranking"] = {"policy": ranking_accuracy(sampled, [[s.logprob for s in row] for row in sampled]),
                           "ppm": None}
         if scorer is not None:
-            scores = [scorer.score([build_prompt(p.question) + s.text for s in row]) for p, row in zip(problems, sampled)]
+            scores = [scorer.score([build_prompt(p.question) + s.text for s in row])
+                      for p, row in zip(problems, sampled)]
             picks = [best_by_score(row, sc) for row, sc in zip(sampled, scores)]
             out["best_of_n"] = _mean(best is not None and best.correct for best in picks)
             out["ranking"]["ppm"] = ranking_accuracy(sampled, scores)

@@ -36,7 +36,8 @@ class LMPolicy:
         self.cache = PrefixCache(budget) if budget > 0 and self.share_prefix else None
         self.sampling = dict(temperature=float(cfg.temperature), top_p=float(cfg.top_p), top_k=int(cfg.top_k))
         self.step_stops = [tokenizer.token_id(s) for s in STOP_STRINGS] + [tokenizer.eos_id]
-        self.cached_ends = {tokenizer.token_id(END_OF_STEP), tokenizer.token_id(END_OF_CODE)}  # nodes expanded or finished from
+        # Candidates whose keys/values are kept: steps (nodes expanded later) and final steps (finished later).
+        self.cached_ends = {tokenizer.token_id(END_OF_STEP), tokenizer.token_id(END_OF_CODE)}
         self.answer_stops = [tokenizer.token_id(END_OF_ANSWER), tokenizer.eos_id]
         self.counters = PolicyCounters()
 
