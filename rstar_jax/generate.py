@@ -99,6 +99,15 @@ class PrefixCache:
             self._items.move_to_end(text)
         return hit
 
+    def split(self, text: str, ids: Sequence[int]) -> tuple[PrefixKV | None, list[int]]:
+        """(keys/values cached for `text`, the tokens of `ids` after them) when `ids` starts with that
+        entry's tokens and goes on past them, else (None, all of `ids`): a hit then computes what the
+        whole of `ids` would."""
+        hit = self.get(text)
+        if hit is not None and len(hit[0]) < len(ids) and list(ids[: len(hit[0])]) == hit[0]:
+            return hit[1], list(ids[len(hit[0]):])
+        return None, list(ids)
+
     def put(self, text: str, ids: list[int], kv: PrefixKV) -> None:
         old = self._items.pop(text, None)
         if old is not None:

@@ -110,17 +110,14 @@ class LMPolicy:
             return [t[0] for t in self._sample(ids, 1, seeds, self.answer_stops)]
         # The final step was sampled (and cached) up to <end_of_code>: only its output block is prefilled,
         # on top of it, when the whole prompt's tokens start with the cached ones.
-        hits = [self.cache.get(r.code_prompt) for r in requests]
-        use = [i for i, hit in enumerate(hits)
-               if hit is not None and len(hit[0]) < len(ids[i]) and ids[i][: len(hit[0])] == hit[0]]
+        splits = [self.cache.split(r.code_prompt, row) for r, row in zip(requests, ids)]
+        use = [i for i, (kv, _) in enumerate(splits) if kv is not None]
         prefixes: list = [None] * len(requests)
-        for i, kv in zip(use, self.generator.extend_kv([hits[i][1] for i in use],
-                                                       [ids[i][len(hits[i][0]):] for i in use])):
+        for i, kv in zip(use, self.generator.extend_kv([splits[i][0] for i in use], [splits[i][1] for i in use])):
             prefixes[i] = kv
         out, _ = self.generator.generate_extending(
             [None if prefixes[i] is not None else ids[i] for i in range(len(ids))], prefixes, self.max_new, n=1,
             stop_token_ids=self.answer_stops, decode=self.tokenizer, seeds=seeds, **self.sampling)
         self.counters.cached_prompts += len(use)
-        prefilled = sum(len(ids[i]) - (len(hits[i][0]) if prefixes[i] is not None else 0) for i in range(len(ids)))
-        return [t[0] for t in self._counted(out, 1, prefilled)]
+        return [t[0] for t in self._counted(out, 1, sum(len(tail) for _, tail in splits))]
 

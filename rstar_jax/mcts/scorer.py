@@ -68,10 +68,7 @@ class PPMScorer:
 
     def _split(self, ids: list[int], prefix: str | None) -> tuple[PrefixKV | None, list[int]]:
         """(cached keys/values of `prefix`, the tokens after them), or (None, all tokens) on a miss."""
-        hit = self.cache.get(prefix) if prefix is not None else None
-        if hit is not None and len(hit[0]) < len(ids) and ids[: len(hit[0])] == hit[0]:
-            return hit[1], ids[len(hit[0]):]
-        return None, ids
+        return self.cache.split(prefix, ids) if prefix is not None else (None, ids)
 
     def _score_whole(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Whole rows (their last `max_len` tokens), right-padded, `batch_size` at a time."""
