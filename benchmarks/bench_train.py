@@ -1,9 +1,10 @@
 """SFT training throughput: our jitted train step vs a plain PyTorch loop over transformers' Qwen2.
 
 Both train the same randomly initialised Qwen2 (weights copied through an HF checkpoint) on the same
-batch with AdamW, fp32, on this machine's CPU. Each side runs `--repeats` timed windows of `--steps`
-steps after a warm-up; the table shows the median tokens/s and the ratio. The last line is
-`train ratio: X` (ours / PyTorch).
+batch with AdamW, fp32, on this machine's CPU. A third row is our step with attention over the whole
+score matrix (`attend`) instead of causal query blocks (`attend_causal`), the baseline of that change.
+The sides take turns: `--repeats` rounds, each timing a window of `--steps` steps per side after a
+warm-up; the table shows the median tokens/s. The last line is `train ratio: X` (ours / PyTorch).
 
     .venv/bin/python benchmarks/bench_train.py [--hidden 256 --layers 4 --batch 4 --seq 256]
 """
@@ -37,14 +38,16 @@ def flops_per_token(cfg, seq: int) -> float:
     return 6 * (n * per_layer + h * v) + 12 * n * h * seq
 
 
-def time_windows(step, steps: int, repeats: int) -> list[float]:
-    """Seconds per step of `repeats` windows of `steps` calls (`step` must block until done)."""
-    out = []
+def time_windows(sides: dict, steps: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of `repeats` windows of `steps` calls per side, the sides taking turns so that
+    machine noise falls on all of them (each `step` must block until done)."""
+    out = {name: [] for name in sides}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        out.append((time.perf_counter() - t0) / steps)
+        for name, step in sides.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            out[name].append((time.perf_counter() - t0) / steps)
     return out
 
 
@@ -65,15 +68,16 @@ def torch_side(hf_dir: str, tokens, args):
         opt.zero_grad(set_to_none=True)
 
     step()  # warm-up
-    return time_windows(step, args.steps, args.repeats)
+    return step
 
 
-def jax_side(hf_dir: str, tokens, args):
+def jax_side(hf_dir: str, tokens, args, whole_matrix: bool = False):
     import jax
     import numpy as np
 
     from configs import base
     from rstar_jax import models
+    from rstar_jax.models import qwen2
     from rstar_jax.train import common, sft, trainer
 
     cfg = base.train_config()
@@ -91,8 +95,14 @@ def jax_side(hf_dir: str, tokens, args):
         state[0], state[1], metrics = setup.train_step(state[0], state[1], setup.state.rest, batch)
         jax.block_until_ready(metrics["loss"])
 
-    step()  # compile + warm-up
-    return time_windows(step, args.steps, args.repeats)
+    blocked = qwen2.attend_causal
+    if whole_matrix:  # the baseline: traced with attention over the whole score matrix
+        qwen2.attend_causal = qwen2.attend
+    try:
+        step()  # compile + warm-up
+    finally:
+        qwen2.attend_causal = blocked
+    return step
 
 
 def main():
@@ -119,19 +129,22 @@ def main():
     with tempfile.TemporaryDirectory() as hf_dir:
         Qwen2ForCausalLM(cfg).save_pretrained(hf_dir)
         # torch sees seq+1 tokens and shifts inside (seq predictions); ours gets seq inputs and seq targets
-        theirs = torch_side(hf_dir, tokens, args)
-        ours = jax_side(hf_dir, tokens, args)
+        sides = {"ours (jax jit)": jax_side(hf_dir, tokens, args),
+                 "ours, whole matrix": jax_side(hf_dir, tokens, args, whole_matrix=True),
+                 "pytorch eager": torch_side(hf_dir, tokens, args)}
+    secs = time_windows(sides, args.steps, args.repeats)
+    ours, theirs = secs["ours (jax jit)"], secs["pytorch eager"]
 
     n_tok = args.batch * args.seq
-    rows = [("ours (jax jit)", ours), ("pytorch eager", theirs)]
     fpt = flops_per_token(cfg, args.seq)
     print(f"model: Qwen2 hidden={args.hidden} layers={args.layers} vocab={args.vocab}; batch {args.batch} x "
           f"seq {args.seq}; fp32 AdamW; CPU threads torch={torch.get_num_threads()}")
-    print(f"{'':16} {'median s/step':>14} {'tokens/s':>10} {'min..max tokens/s':>20} {'model GFLOP/s':>14}")
-    for name, secs in rows:
-        med = statistics.median(secs)
-        print(f"{name:16} {med:14.4f} {n_tok / med:10.0f} {n_tok / max(secs):9.0f}..{n_tok / min(secs):<9.0f} "
+    print(f"{'':20} {'median s/step':>14} {'tokens/s':>10} {'min..max tokens/s':>20} {'model GFLOP/s':>14}")
+    for name, xs in secs.items():
+        med = statistics.median(xs)
+        print(f"{name:20} {med:14.4f} {n_tok / med:10.0f} {n_tok / max(xs):9.0f}..{n_tok / min(xs):<9.0f} "
               f"{n_tok / med * fpt / 1e9:14.2f}")
+    print(f"causal blocks vs whole matrix: {statistics.median(secs['ours, whole matrix']) / statistics.median(ours):.2f}x")
     print(f"MFU = tokens/s x {fpt:.4g} FLOP/token / (chips x peak FLOP/s); "
           "flop/token = 6 x matmul params + 12 x layers x hidden x seq")
     ratio = statistics.median(theirs) / statistics.median(ours)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hf_tiny import hf_logits, hf_model, jit_call, save
 
-from rstar_jax.models import Qwen2Config, functional, init_model, load_hf, step_score
+from rstar_jax.models import Qwen2Config, functional, init_model, load_hf, qwen2, step_score
 
 
 def cached_fn(model):
@@ -116,6 +116,31 @@ def test_packed_segments_are_independent():
     out = np.asarray(jit_call(model, packed, positions=pos, segment_ids=seg))
     np.testing.assert_allclose(out[0, 5:], np.asarray(jit_call(model, b))[0], atol=1e-5)
     np.testing.assert_allclose(out[0, :5], np.asarray(jit_call(model, a))[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("t", [64, 130, 200, 1000])
+def test_causal_blocks_equal_the_whole_score_matrix(t):
+    """Blocked causal attention (queries score only keys up to their block's end) equals `attend` over the
+    whole matrix, with packed segments that cross block boundaries and a padded tail."""
+    assert qwen2.causal_blocks(t) == min(8, t // 64)
+    rs = np.random.RandomState(t)
+    q, k, v = (jnp.asarray(rs.normal(size=(2, t, h, 8)), jnp.float32) for h in (4, 2, 2))
+    seg = np.zeros((2, t), np.int32)
+    seg[0, : t // 3], seg[0, t // 3: t - 5] = 1, 2
+    seg[1] = 1 + np.arange(t) // 50
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+    visible = jnp.asarray(np.tril(np.ones((t, t), bool))[None] & same)
+    real = seg > 0  # padding queries see no key; their output is never read
+    np.testing.assert_allclose(np.asarray(qwen2.attend_causal(q, k, v, visible))[real],
+                               np.asarray(qwen2.attend(q, k, v, visible))[real], atol=1e-5, rtol=0)
+
+
+def test_logits_match_transformers_over_several_attention_blocks(tmp_path):
+    hf = hf_model()
+    model = load_hf(save(hf, tmp_path))
+    ids = np.random.RandomState(5).randint(0, 1000, (2, 150))  # 2 query blocks of 75
+    np.testing.assert_allclose(np.asarray(jit_call(model, jnp.asarray(ids, jnp.int32))), hf_logits(hf, ids),
+                               atol=1e-4, rtol=0)
 
 
 def test_ppm_reads_last_real_token_and_scores():
