@@ -85,7 +85,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.
 
     Laid out [B, K, G*T, ...] so both products are plain batched matmuls, and normalised after the value
     product (a [.., D] divide instead of one over the [.., S] weights): the score-sized passes are what cost
-    on CPU (2.5x faster gradients than the einsum over [B,K,G,T,S] with a softmax, with causal blocks)."""
+    on CPU (one layer's gradient at 16 x 320 tokens: 134 ms as an einsum over [B,K,G,T,S] with a softmax,
+    55 ms like this with causal blocks)."""
     b, t, h, d = q.shape
     kv = k.shape[2]
     g = h // kv
