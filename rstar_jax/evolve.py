@@ -48,6 +48,17 @@ def run_stage(workdir: epath.Path, name: str, fn: Callable[[epath.Path], dict[st
 # The round loop
 
 
+def tail_loss(metrics: epath.Path, fraction: float = 0.1) -> float:
+    """Mean training loss over the last `fraction` of the steps logged in a trainer's `metrics.jsonl`
+    (one batch's loss is too noisy to judge a run by)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    losses = [r["loss"] for r in sorted(rows, key=lambda r: r["step"]) if "loss" in r]
+    if not losses:
+        raise ValueError(f"{metrics}: no training loss logged")
+    tail = losses[-max(1, round(len(losses) * fraction)):]
+    return float(sum(tail) / len(tail))
+
+
 def barrier(name: str) -> None:
     """Waits for every process (multi-host) before anyone reads what the others wrote."""
     import jax
@@ -182,6 +193,33 @@ class Evolution:
         return common.run_stage(cfg, str(d), kind="policy", train=lambda model, tok, mesh: train_sft(
             model, tok, examples, train_cfg, d, mesh=mesh))
 
+    def pretrain(self, d: epath.Path) -> dict[str, Any]:
+        """The toy base: the fresh policy trained on teacher solutions, exported to `d/export`.
+
+        A tiny model starts copying operands only after a late transition whose timing float rounding alone
+        moves (README). While the mean training loss of an attempt's last tenth of steps stays above
+        `pretrain.retry_above_loss` (0: never), training starts over with the next shuffle seed, at most
+        `pretrain.retries` times; the attempt with the lowest such loss is kept. Each attempt is a stage of
+        its own (`d/attempt_K`), so a killed run resumes inside the attempt it was in.
+        """
+        c = self.config
+        examples = self.teacher_examples(c.world.samples_per_problem, c.seed)
+        limit, retries = c.pretrain.get("retry_above_loss", 0.0), c.pretrain.get("retries", 0)
+        attempts = []
+        for k in range(retries + 1):
+            cfg = c.pretrain.copy_and_resolve_references()
+            cfg.seed += k
+            name = f"{d.relative_to(self.wd)}/attempt_{k}"
+            summary = self._stage(name, lambda a, cfg=cfg: self.sft(a, str(self.wd / "world/init"), examples, cfg))
+            attempts.append({**summary, "attempt": k, "tail_loss": tail_loss(self.wd / name / "metrics.jsonl")})
+            if not limit or attempts[-1]["tail_loss"] <= limit:
+                break
+            logging.warning("%s: attempt %d ended at a training loss of %.4f > %.4f (copying not learnt)%s", d, k,
+                            attempts[-1]["tail_loss"], limit, "; retrying with the next seed" if k < retries else "")
+        best = min(attempts, key=lambda a: a["tail_loss"])
+        copy_dir(epath.Path(best["export"]), d / "export")
+        return {**best, "export": str(d / "export"), "tail_losses": [a["tail_loss"] for a in attempts]}
+
     def train_ppm(self, d: epath.Path, init: str, pairs) -> dict[str, Any]:
         """A PPM from the round's policy (fresh value head) trained on `pairs`; untrained when there are none."""
         from rstar_jax.train import common
@@ -274,9 +312,7 @@ class Evolution:
         stage = lambda name, fn: self._stage(name, fn)
         if self.toy:
             stage("world", self.make_world)
-            stage("round_0/policy", lambda d: self.sft(d, str(self.wd / "world/init"),
-                                                       self.teacher_examples(c.world.samples_per_problem, c.seed),
-                                                       c.pretrain))
+            stage("round_0/policy", self.pretrain)
         if c.first_round <= 1:
             stage("round_0/eval", lambda d: self.evaluate(self.policy_checkpoint(0), None, mcts=False, sampled=True))
         for r in range(c.first_round, c.last_round + 1):

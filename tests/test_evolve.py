@@ -73,3 +73,44 @@ def test_world_stage_extends_the_pool_without_touching_train_or_heldout(tmp_path
     assert worlds[5]["train"] == worlds[0]["train"] and worlds[5]["heldout"] == worlds[0]["heldout"]
     assert worlds[5]["pool"][: len(worlds[0]["pool"])] == worlds[0]["pool"]
     assert not {p.question for p in worlds[5]["pool"]} & {p.question for p in worlds[5]["train"]}
+
+
+def test_tail_loss_averages_the_last_tenth_of_logged_steps(tmp_path):
+    import json
+
+    path = epath.Path(tmp_path) / "metrics.jsonl"
+    rows = [{"step": s, "loss": float(s)} for s in range(20, 220, 20)]  # 10 lines, written out of order
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1] + [{"step": 200, "eval_loss": 0.0}]))
+    assert evolve.tail_loss(path) == 200.0
+    assert evolve.tail_loss(path, fraction=0.3) == 180.0
+    path.write_text(json.dumps({"step": 5, "eval_loss": 1.0}) + "\n")
+    with pytest.raises(ValueError, match="no training loss"):
+        evolve.tail_loss(path)
+
+
+@pytest.mark.parametrize("limit,attempts", [(0.0, 1), (1e-9, 2)])
+def test_pretraining_retries_with_the_next_seed_while_the_loss_stays_high(tmp_path, limit, attempts):
+    """A base whose last steps' loss stays above `retry_above_loss` is trained again with the next shuffle
+    seed; the attempt with the lowest loss is exported, and a rerun redoes no attempt."""
+    from configs import demo_smoke
+
+    config = demo_smoke.get_config()
+    config.pretrain.epochs = 2
+    config.pretrain.retry_above_loss, config.pretrain.retries = limit, 1
+    config.mesh.data = -1  # the suite's 8 fake devices
+    wd = epath.Path(tmp_path)
+    ev = evolve.Evolution(config, wd, sandbox=None)
+    evolve.run_stage(wd, "world", ev.make_world)
+    summary = evolve.run_stage(wd, "round_0/policy", ev.pretrain)
+    done = [evolve.stage_done(wd, f"round_0/policy/attempt_{k}") for k in range(2)]
+    assert [s is not None for s in done] == [True] * attempts + [False] * (2 - attempts)
+    assert len(summary["tail_losses"]) == attempts
+    best = min(range(attempts), key=lambda k: summary["tail_losses"][k])
+    assert summary["attempt"] == best and summary["tail_loss"] == summary["tail_losses"][best]
+    exported = (wd / "round_0/policy/export/model.safetensors").read_bytes()
+    assert exported == (wd / f"round_0/policy/attempt_{best}/export/model.safetensors").read_bytes()
+    if attempts == 2:  # different seeds shuffle differently: different weights
+        other = (wd / f"round_0/policy/attempt_{1 - best}/export/model.safetensors").read_bytes()
+        assert other != exported
+    (wd / "round_0/policy" / evolve.DONE).unlink()  # killed after the attempts, before the stage was marked done
+    assert evolve.run_stage(wd, "round_0/policy", ev.pretrain)["tail_losses"] == summary["tail_losses"]
