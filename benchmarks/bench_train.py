@@ -144,7 +144,8 @@ def main():
         med = statistics.median(xs)
         print(f"{name:20} {med:14.4f} {n_tok / med:10.0f} {n_tok / max(xs):9.0f}..{n_tok / min(xs):<9.0f} "
               f"{n_tok / med * fpt / 1e9:14.2f}")
-    print(f"causal blocks vs whole matrix: {statistics.median(secs['ours, whole matrix']) / statistics.median(ours):.2f}x")
+    whole = statistics.median(secs["ours, whole matrix"])
+    print(f"causal blocks vs whole matrix: {whole / statistics.median(ours):.2f}x")
     print(f"MFU = tokens/s x {fpt:.4g} FLOP/token / (chips x peak FLOP/s); "
           "flop/token = 6 x matmul params + 12 x layers x hidden x seq")
     ratio = statistics.median(theirs) / statistics.median(ours)
