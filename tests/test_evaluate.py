@@ -14,14 +14,12 @@ from random_policy import tiny_policy
 
 
 class CountingGenerator(Generator):
-    """The real generator, recording how many sequences each call decodes."""
+    """The real generator, recording each call's decoded sequences, temperature and log-probabilities."""
 
     def __init__(self, model):
         super().__init__(model)
         self.rows: list[int] = []
-
         self.temperatures: list[float] = []
-
         self.logprobs: list[list[float]] = []
 
     def generate(self, prompts, max_new_tokens, *, n=1, **kw):
