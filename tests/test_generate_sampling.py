@@ -69,3 +69,32 @@ def test_smaller_samplers_draw_what_the_full_one_draws():
         assert np.array_equal(np.asarray(gen.sample(logits, keys, t, *off, sampler)), np.asarray(full))
     assert gen.sampler_for(1.0, 5, 1.0) == gen.sampler_for(0.7, 0, 0.9) == "masked"
     assert len(set(np.asarray(gen.sample(logits, keys, jnp.ones(16), *off, "plain")).tolist())) > 1
+
+
+def test_categorical_follows_softmax_and_never_draws_a_masked_token():
+    """The inverse-CDF draw over blocks: 37 tokens (a partial last block), 5 of them masked."""
+    rng = np.random.default_rng(3)
+    row = (rng.standard_normal(37) * 1.5).astype(np.float32)
+    row[[0, 5, 31, 32, 36]] = -np.inf  # first, inside, block edges and the last token
+    draws = 40000
+    keys = jax.random.split(jax.random.PRNGKey(11), draws)
+    toks = np.asarray(gen.categorical(keys, jnp.asarray(np.tile(row, (draws, 1))), block=8))
+    counts = np.bincount(toks, minlength=37)
+    assert counts[~np.isfinite(row)].sum() == 0
+    probs = np.exp(row - row[np.isfinite(row)].max())
+    probs /= probs.sum()
+    expected = probs * draws
+    keep = expected > 0
+    stat = float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+    assert float(jax.scipy.special.gammaincc((keep.sum() - 1) / 2, stat / 2)) > 1e-3
+    # a row's draw depends on its own key only
+    one = gen.categorical(keys[:3], jnp.asarray(np.tile(row, (3, 1))), block=8)
+    assert np.array_equal(np.asarray(one), toks[:3])
+
+
+def test_first_argmax_and_token_logprob_match_their_definitions():
+    logits = np.array([[1.0, 3.0, 3.0, -2.0], [0.5, -1.0, 0.5, 0.25], [-np.inf, -1.0, -3.0, -np.inf]], np.float32)
+    assert np.asarray(gen.first_argmax(jnp.asarray(logits))).tolist() == [1, 0, 1]
+    tokens = jnp.asarray([2, 3, 2])
+    want = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))[np.arange(3), [2, 3, 2]]
+    np.testing.assert_allclose(np.asarray(gen.token_logprob(jnp.asarray(logits), tokens)), want, rtol=1e-6)
