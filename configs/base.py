@@ -167,6 +167,7 @@ def evolve_config(config: config_dict.ConfigDict) -> None:
     config.max_pool_problems = 0  # 0 = all
     config.max_heldout_problems = 0
     config.accumulate_data = False  # round r trains on every round's selection in this workdir (the reference: round r's own)
+    config.accumulate_pairs = False  # the same for the PPM's preference pairs
     config.teacher_mix = 0.0  # toy world: share of teacher solutions mixed into each round's SFT data
     config.world = config_dict.ConfigDict({"kind": "none"})  # "toyworld" for the embedded demo
     config.control = config_dict.ConfigDict({"enabled": False})

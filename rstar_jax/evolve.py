@@ -269,20 +269,23 @@ class Evolution:
         return {"sft_round": n_sft, "ppm_round": n_ppm, **self.training_sets(d, r)}
 
     def training_sets(self, d: epath.Path, r: int) -> dict[str, Any]:
-        """Writes round r's `sft.jsonl` and `ppm.jsonl`: its own selection or, with `accumulate_data`, every
-        round's so far without repeats; in the toy world, `teacher_mix` teacher solutions are added."""
+        """Writes round r's `sft.jsonl` and `ppm.jsonl`: its own selection or, with `accumulate_data` (SFT
+        examples) / `accumulate_pairs` (PPM pairs), every round's so far without repeats; in the toy world,
+        `teacher_mix` teacher solutions are added."""
         from rstar_jax.data.selection import read_ppm, read_sft, write_ppm, write_sft
 
-        rounds = range(self.config.first_round if self.config.get("accumulate_data", False) else r, r + 1)
-        sources = [self.wd / f"round_{k}/select" for k in rounds]
-        sft, pairs = _gather(sources, "sft_round.jsonl", read_sft), _gather(sources, "ppm_round.jsonl", read_ppm)
+        rounds = lambda flag: list(range(self.config.first_round if self.config.get(flag, False) else r, r + 1))
+        selections = lambda ks: [self.wd / f"round_{k}/select" for k in ks]
+        sft_rounds, pair_rounds = rounds("accumulate_data"), rounds("accumulate_pairs")
+        sft = _gather(selections(sft_rounds), "sft_round.jsonl", read_sft)
+        pairs = _gather(selections(pair_rounds), "ppm_round.jsonl", read_ppm)
         mix = self.config.get("teacher_mix", 0.0) if self.toy else 0.0
         n_teacher = int(round(len(sft) * mix / (1.0 - mix))) if 0 < mix < 1 else 0
         teacher = self.teacher_examples(1, derive(self.config.seed, r, "mix"))[:n_teacher] if n_teacher else []
         write_sft(d / "sft.jsonl", sft + teacher)
         write_ppm(d / "ppm.jsonl", pairs)
         return {"sft_examples": len(sft), "teacher_examples": len(teacher), "ppm_pairs": len(pairs),
-                "rounds": list(rounds)}
+                "rounds": sft_rounds, "ppm_rounds": pair_rounds}
 
     def ppm_needed(self, r: int) -> bool:
         """Whether round `r`'s PPM is read: by the next round's PPM-augmented search or the last round's eval."""

@@ -36,25 +36,26 @@ def test_interrupted_stage_is_redone(tmp_path):
     assert summary["saw_partial"] is True
 
 
-@pytest.mark.parametrize("accumulate", [False, True])
-def test_training_sets_accumulate_rounds_without_repeats(tmp_path, accumulate):
+@pytest.mark.parametrize("accumulate_data, accumulate_pairs", [(False, False), (True, False), (False, True)])
+def test_training_sets_accumulate_rounds_without_repeats(tmp_path, accumulate_data, accumulate_pairs):
     from configs import base
     from rstar_jax.data.selection import PPMPair, SFTExample, read_ppm, read_sft, write_ppm, write_sft
 
     config = base.get_config()
-    config.accumulate_data = accumulate
+    config.accumulate_data, config.accumulate_pairs = accumulate_data, accumulate_pairs
     wd = epath.Path(tmp_path)
     a, b, c = (SFTExample(f"q{i}", f"r{i}") for i in range(3))
-    p, q = PPMPair("x", "good", "bad"), PPMPair("y", "good", "bad")
-    for r, sft, pairs in ((1, [a, b], [p]), (2, [b, c], [p, q])):  # what each round's search selected
+    p, q, o = PPMPair("x", "good", "bad"), PPMPair("y", "good", "bad"), PPMPair("z", "good", "bad")
+    for r, sft, pairs in ((1, [a, b], [o, p]), (2, [b, c], [p, q])):  # what each round's search selected
         write_sft(wd / f"round_{r}/select/sft_round.jsonl", sft)
         write_ppm(wd / f"round_{r}/select/ppm_round.jsonl", pairs)
     d = wd / "round_2/select"
     summary = evolve.Evolution(config, wd, sandbox=None).training_sets(d, 2)
     sft, pairs = read_sft(d / "sft.jsonl"), read_ppm(d / "ppm.jsonl")
-    assert sft == ([a, b, c] if accumulate else [b, c]) and pairs == [p, q]
-    assert summary == {"sft_examples": len(sft), "teacher_examples": 0, "ppm_pairs": 2,
-                       "rounds": [1, 2] if accumulate else [2]}
+    assert sft == ([a, b, c] if accumulate_data else [b, c])
+    assert pairs == ([o, p, q] if accumulate_pairs else [p, q])
+    assert summary == {"sft_examples": len(sft), "teacher_examples": 0, "ppm_pairs": len(pairs),
+                       "rounds": [1, 2] if accumulate_data else [2], "ppm_rounds": [1, 2] if accumulate_pairs else [2]}
 
 
 def test_world_stage_extends_the_pool_without_touching_train_or_heldout(tmp_path):
