@@ -343,11 +343,13 @@ class Evolution:
         return summary
 
     def control(self, d: epath.Path, steps: int) -> dict[str, Any]:
-        """The base trained further on fresh teacher solutions for as many steps as the last round's SFT."""
+        """The base trained further on fresh teacher solutions for exactly as many steps as the last round's SFT."""
         train_cfg = self.config.train.copy_and_resolve_references()
         examples = self.teacher_examples(self.config.world.samples_per_problem, derive(self.config.seed, "control"))
-        summary = self.sft(d, self.base_checkpoint(), examples, _epochs_for_steps(train_cfg, steps, examples, self))
-        return summary
+        train_cfg = _epochs_for_steps(train_cfg, steps, examples, self)
+        with train_cfg.unlocked():
+            train_cfg.max_steps = steps
+        return self.sft(d, self.base_checkpoint(), examples, train_cfg)
 
     def report(self) -> dict[str, Any]:
         """Rebuilds report.json / report.png / the table from the finished stages."""

@@ -102,6 +102,11 @@ def _log_first_call(fn: Callable, name: str) -> Callable:
     return call
 
 
+def capped_steps(cfg, num_steps: int) -> int:
+    """The data's `num_steps`, or `cfg.max_steps` when that is set and smaller (the schedule spans the result)."""
+    return min(num_steps, cfg.max_steps) if cfg.get("max_steps", 0) > 0 else num_steps
+
+
 def loop_config(cfg, num_steps: int, desc: str) -> trainer.LoopConfig:
     return trainer.LoopConfig(num_steps=num_steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
                               checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,

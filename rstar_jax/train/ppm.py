@@ -57,7 +57,7 @@ def train_ppm(model: nnx.Module, tokenizer, pairs: Sequence[PPMPair], cfg, workd
     train_pairs, eval_pairs = pipeline.split_holdout(list(pairs), cfg.eval_fraction, cfg.seed)
     tokd = pipeline.tokenize_ppm(tokenizer, train_pairs, cfg.seq_len)
     shard = common.data_shard(mesh)
-    num_steps = pipeline.ppm_num_batches(len(tokd), cfg.batch_size, cfg.epochs)
+    num_steps = common.capped_steps(cfg, pipeline.ppm_num_batches(len(tokd), cfg.batch_size, cfg.epochs))
     logging.info("PPM: %d train / %d held-out pairs -> %d steps of %d pairs x %d tokens",
                  len(tokd), len(eval_pairs), num_steps, cfg.batch_size, cfg.seq_len)
     setup = common.setup_training(model, ppm_loss, cfg, num_steps, mesh)

@@ -57,7 +57,8 @@ def train_sft(model: nnx.Module, tokenizer, examples: Sequence[SFTExample], cfg,
         return pipeline.sft_dataset(examples_tok, seq_len=cfg.seq_len, rows=rows, epochs=epochs, seed=cfg.seed,
                                     shard=this_shard, shuffle=shuffle, prefetch=prefetch)
 
-    num_steps = pipeline.count_batches(data(tokd, cfg.epochs, True, cfg.batch_size, pipeline.Shard(), 0))
+    num_steps = common.capped_steps(cfg, pipeline.count_batches(data(tokd, cfg.epochs, True, cfg.batch_size,
+                                                                     pipeline.Shard(), 0)))
     logging.info("SFT: %d train / %d held-out examples -> %d steps of %d rows x %d tokens",
                  len(tokd), len(eval_ex), num_steps, cfg.batch_size, cfg.seq_len)
     setup = common.setup_training(model, sft_loss, cfg, num_steps, mesh)

@@ -200,3 +200,11 @@ def test_bf16_compute_keeps_fp32_master_weights(tok, tmp_path):
     # updates smaller than bf16's resolution still land in the fp32 master copy
     deltas = [np.abs(np.asarray(a) - b) for a, b in zip(params_of(trained), before)]
     assert any(((d > 0) & (d < 1e-3)).any() for d in deltas)
+
+
+def test_max_steps_stops_early_with_the_schedule_spanning_the_cap(tok, tmp_path):
+    full = _train(tok, tmp_path, "full", epochs=4)
+    capped = _train(tok, tmp_path, "capped", epochs=4, max_steps=3)
+    assert full[1]["steps"] == 4 and capped[1]["steps"] == 3 and len(capped[2]) == 3
+    # the learning rate decays over the 3 steps, so the runs part after the shared warm-up step
+    assert capped[2][0] == full[2][0] and not np.allclose(capped[2], full[2][:3])
