@@ -249,8 +249,8 @@ def token_logprob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 def categorical(keys: jax.Array, logits: jax.Array, block: int = 32) -> jax.Array:
     """One draw per row from softmax(logits), each with its own key [B]: the row's CDF is inverted at
     one uniform, first over blocks of `block` tokens, then inside the chosen block. Gumbel-max needs
-    a random number per vocabulary entry, which made sampling a sixth of a CPU decode step. A token
-    whose probability is zero (a -inf logit) is never drawn."""
+    a random number per vocabulary entry and an argmax, a fifth of a CPU decode call with them
+    (benchmarks/bench_decode_step.py). A token whose probability is zero (a -inf logit) is never drawn."""
     b, v = logits.shape
     nb = -(-v // block)
     p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
@@ -364,7 +364,7 @@ def _attend_shared(q, prompt_k, prompt_v, prompt_visible, new_k, new_v, step):
     s1 = jnp.einsum("bnkgd,bksd->bnkgs", q_shared, prompt_k, preferred_element_type=jnp.float32) * scale
     s1 = jnp.where(prompt_visible[:, None, None, None, :], s1, _MASKED)
     # A row's own tokens: a product per row, which XLA's CPU dot runs as r*kv tiny matmuls; as a
-    # multiply and a sum it costs a quarter less of the decode step (README, decode).
+    # multiply and a sum the demo's decode call runs 1.16x faster (benchmarks/bench_decode_step.py).
     f32 = lambda a: a.astype(jnp.float32)
     s2 = jnp.sum(f32(q.reshape(r, kv, g, 1, d)) * f32(new_k[:, :, None]), axis=-1) * scale
     s2 = jnp.where(jnp.arange(t) <= step, s2, _MASKED).reshape(b, n, kv, g, t)
