@@ -22,10 +22,6 @@ from bench_forward import median_time  # noqa: E402
 from rstar_jax import generate as gen  # noqa: E402
 from rstar_jax import models  # noqa: E402
 
-DEMO_POLICY = dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=True, max_position_embeddings=512)
-
-
 def stock_categorical(keys, logits, block=32):
     return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
 
@@ -68,7 +64,10 @@ def main():
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--new", type=int, default=33)
     args = ap.parse_args()
-    model = models.init_model(models.Qwen2Config(**DEMO_POLICY), seed=0)
+    from configs import demo
+
+    config = demo.get_config()
+    model = models.init_model(models.Qwen2Config(vocab_size=config.world.vocab_size, **dict(config.arch)), seed=0)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(10, 500, size=int(rng.integers(60, 86))).tolist() for _ in range(args.prompts)]
     generator = gen.Generator(model)
