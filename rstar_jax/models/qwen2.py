@@ -149,10 +149,13 @@ class MLP(nnx.Module):
         self.down = _param(rngs, init, (f, d), param_dtype, ("mlp", "embed"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        dt = x.dtype
+        # Tokens as one 2-D axis: with [batch, seq] kept apart, XLA:CPU fuses the SiLU gradient into a
+        # transposed write for the weight gradients, which took 2.4x the MLP's whole backward.
+        dt, shape = x.dtype, x.shape
+        x = x.reshape(-1, shape[-1])
         g = x @ self.gate[...].astype(dt)
         u = x @ self.up[...].astype(dt)
-        return (jax.nn.silu(g) * u) @ self.down[...].astype(dt)
+        return ((jax.nn.silu(g) * u) @ self.down[...].astype(dt)).reshape(shape)
 
 
 class Block(nnx.Module):
