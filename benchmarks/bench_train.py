@@ -1,8 +1,9 @@
 """SFT training throughput: our jitted train step vs a plain PyTorch loop over transformers' Qwen2.
 
 Both train the same randomly initialised Qwen2 (weights copied through an HF checkpoint) on the same
-batch with AdamW, fp32, on this machine's CPU. A third row is our step with attention over the whole
-score matrix (`attend`) instead of causal query blocks (`attend_causal`), the baseline of that change.
+batch with AdamW, fp32, on this machine's CPU. Two more rows are our step traced with a formulation it
+replaced: attention over the whole score matrix (`attend`) instead of causal query blocks
+(`attend_causal`), and the MLP's matmuls over [batch, seq, hidden] instead of 2-D tokens.
 The sides take turns: `--repeats` rounds, each timing a window of `--steps` steps per side after a
 warm-up; the table shows the median tokens/s. The last line is `train ratio: X` (ours / PyTorch).
 
@@ -17,6 +18,8 @@ import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
 
 
 def qwen_config(args):
@@ -71,13 +74,26 @@ def torch_side(hf_dir: str, tokens, args):
     return step
 
 
-def jax_side(hf_dir: str, tokens, args, whole_matrix: bool = False):
-    import jax
+def mlp_3d(self, x):
+    """`qwen2.MLP.__call__` before 2026-11-29: matmuls over [batch, seq, hidden] (XLA:CPU then writes the
+    SiLU gradient transposed for the weight gradients)."""
+    dt = x.dtype
+    return (jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))) @ self.down[...].astype(dt)
+
+
+def baselines() -> dict:
+    """Row name -> (owner, attribute, replaced formulation) for the sides traced with an older formulation."""
+    from rstar_jax.models import qwen2
+
+    return {"ours, whole matrix": (qwen2, "attend_causal", qwen2.attend),
+            "ours, MLP 3-D tokens": (qwen2.MLP, "__call__", mlp_3d)}
+
+
+def jax_side(hf_dir: str, tokens, args, swap: tuple | None = None):
     import numpy as np
 
     from configs import base
     from rstar_jax import models
-    from rstar_jax.models import qwen2
     from rstar_jax.train import common, sft, trainer
 
     cfg = base.train_config()
@@ -95,13 +111,16 @@ def jax_side(hf_dir: str, tokens, args, whole_matrix: bool = False):
         state[0], state[1], metrics = setup.train_step(state[0], state[1], setup.state.rest, batch)
         jax.block_until_ready(metrics["loss"])
 
-    blocked = qwen2.attend_causal
-    if whole_matrix:  # the baseline: traced with attention over the whole score matrix
-        qwen2.attend_causal = qwen2.attend
-    try:
+    if swap is None:
         step()  # compile + warm-up
+        return step
+    owner, name, older = swap  # a baseline: traced (at the first call) with the older formulation
+    current = getattr(owner, name)
+    setattr(owner, name, older)
+    try:
+        step()
     finally:
-        qwen2.attend_causal = blocked
+        setattr(owner, name, current)
     return step
 
 
@@ -130,7 +149,7 @@ def main():
         Qwen2ForCausalLM(cfg).save_pretrained(hf_dir)
         # torch sees seq+1 tokens and shifts inside (seq predictions); ours gets seq inputs and seq targets
         sides = {"ours (jax jit)": jax_side(hf_dir, tokens, args),
-                 "ours, whole matrix": jax_side(hf_dir, tokens, args, whole_matrix=True),
+                 **{name: jax_side(hf_dir, tokens, args, swap) for name, swap in baselines().items()},
                  "pytorch eager": torch_side(hf_dir, tokens, args)}
     secs = time_windows(sides, args.steps, args.repeats)
     ours, theirs = secs["ours (jax jit)"], secs["pytorch eager"]
@@ -144,8 +163,8 @@ def main():
         med = statistics.median(xs)
         print(f"{name:20} {med:14.4f} {n_tok / med:10.0f} {n_tok / max(xs):9.0f}..{n_tok / min(xs):<9.0f} "
               f"{n_tok / med * fpt / 1e9:14.2f}")
-    whole = statistics.median(secs["ours, whole matrix"])
-    print(f"causal blocks vs whole matrix: {whole / statistics.median(ours):.2f}x")
+    for name in baselines():
+        print(f"ours vs {name.removeprefix('ours, ')}: {statistics.median(secs[name]) / statistics.median(ours):.2f}x")
     print(f"MFU = tokens/s x {fpt:.4g} FLOP/token / (chips x peak FLOP/s); "
           "flop/token = 6 x matmul params + 12 x layers x hidden x seq")
     ratio = statistics.median(theirs) / statistics.median(ours)

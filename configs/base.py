@@ -97,6 +97,7 @@ def mcts_config() -> config_dict.ConfigDict:
             # Inference (no ground truth): terminals are scored by the PPM.
             "runs": 4,  # independent searches per problem
             "vote_top_k": 4,  # majority vote over the top-K runs by PPM score
+            "terminal_score": "last",  # a run's answer: its terminal with the best own PPM score ("last", the reference) or path minimum ("min")
         }
     )
 

@@ -73,10 +73,30 @@ class _Run:
     run: int
 
 
-def best_terminal(tree: TreeRecord) -> tuple[str, float] | None:
-    """(answer, PPM score) of the tree's answer terminal with the highest PPM score, or None."""
-    scored = [(n.ppm_score, n.answer) for n in tree.nodes
-              if n.terminal == "answer" and n.answer is not None and n.ppm_score is not None]
+TERMINAL_SCORES = ("last", "min")
+
+
+def check_terminal_score(how: str) -> str:
+    """`how` when it names a way to score answer terminals (`mcts.terminal_score`), else a ValueError."""
+    if how not in TERMINAL_SCORES:
+        raise ValueError(f"mcts.terminal_score={how!r}: expected one of {TERMINAL_SCORES}")
+    return how
+
+
+def best_terminal(tree: TreeRecord, how: str = "last") -> tuple[str, float] | None:
+    """(answer, score) of the tree's best-scored answer terminal, or None. A terminal's score is its own
+    PPM score ("last", the reference) or the lowest PPM score on its path ("min": a path is as good as
+    its weakest step; unscored steps are skipped)."""
+    check_terminal_score(how)
+    scored = []
+    for n in tree.nodes:
+        if n.terminal != "answer" or n.answer is None or n.ppm_score is None:
+            continue
+        if how == "min":
+            score = min(s for i in tree.path(n.id) if (s := tree.nodes[i].ppm_score) is not None)
+        else:
+            score = n.ppm_score
+        scored.append((score, n.answer))
     if not scored:
         return None
     score, answer = max(scored, key=lambda s: s[0])
@@ -117,12 +137,13 @@ def solve(problems: Sequence[Any], policy: StepPolicy, ppm: StepScorer, cfg, *, 
 
     runs = int(runs if runs is not None else cfg.runs)
     top_k = int(top_k if top_k is not None else cfg.vote_top_k)
+    how = check_terminal_score(cfg.terminal_score)
     stream = [_Run(f"{p.id}#run{r}", p.question, None, p, r) for p in problems for r in range(runs)]
     per_problem: dict[str, list[tuple[int, tuple[str, float] | None]]] = {str(p.id): [] for p in problems}
 
     def collect(tree: TreeRecord) -> None:
         pid, run = tree.problem_id.rsplit("#run", 1)
-        per_problem[pid].append((int(run), best_terminal(tree)))
+        per_problem[pid].append((int(run), best_terminal(tree, how)))
 
     LockstepSearch(policy, cfg, sandbox=sandbox, ppm=ppm, seed=seed, batch=batch).run(stream, collect, total=len(stream))
     out = []

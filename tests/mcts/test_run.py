@@ -10,8 +10,8 @@ import pytest
 
 from rstar_jax.data import toyworld
 from rstar_jax.mcts import ScriptedPolicy, search, solve
-from rstar_jax.mcts.records import read_trees
-from rstar_jax.mcts.run import vote
+from rstar_jax.mcts.records import NodeRecord, TreeRecord, read_trees
+from rstar_jax.mcts.run import best_terminal, vote
 from mcts_helpers import make_cfg, problem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -93,6 +93,21 @@ def test_vote_pools_equivalent_answers_over_the_top_k():
     answer, votes, _ = vote(cands, top_k=5)
     assert answer == "5" and votes == 3  # "5.0" counts for "5"
     assert vote([], top_k=4) == (None, 0, 0.0)
+
+
+def test_best_terminal_by_own_score_or_by_path_minimum():
+    # root -> 1 (0.9) -> 3 answers "7" (0.8); root -> 2 (-0.5) -> 4 answers "8" (0.95); 5 is dead
+    nodes = [NodeRecord(0, -1), NodeRecord(1, 0, ppm_score=0.9), NodeRecord(2, 0, ppm_score=-0.5),
+             NodeRecord(3, 1, ppm_score=0.8, terminal="answer", answer="7"),
+             NodeRecord(4, 2, ppm_score=0.95, terminal="answer", answer="8"),
+             NodeRecord(5, 1, ppm_score=0.99, terminal="dead", dead_reason="error")]
+    tree = TreeRecord("p", "q", None, nodes)
+    assert best_terminal(tree) == ("8", pytest.approx(0.95))  # the reference: the terminal's own score
+    assert best_terminal(tree, "min") == ("7", pytest.approx(0.8))  # "8" sits under a -0.5 step
+    nodes[1].ppm_score = None  # unscored steps are skipped, not counted as low
+    assert best_terminal(tree, "min") == ("7", pytest.approx(0.8))
+    with pytest.raises(ValueError, match="terminal_score='mean'"):
+        best_terminal(tree, "mean")
 
 
 class AnswerScorer:
