@@ -26,8 +26,8 @@ def get_config():
     _small_training(config.pretrain, lr=5e-3, epochs=12)
     # A base that missed the copying transition ended its training at a loss of 0.095-0.109 (held-out greedy
     # 0.07-0.14, three runs), one that made it at 0.053-0.065 (0.32-0.37, three runs): such an attempt is redone
-    # with the next shuffle seed, twice at most (each retry costs a pretraining: ~5 minutes on
-    # the 2-core machine of 2026-11-29, ~10 on the earlier one).
+    # with the next shuffle seed, twice at most (each retry costs a pretraining: ~3.5 minutes on
+    # the 2-core machine of 2026-11-29, ~10 on the earlier one, before the MLP change).
     config.pretrain.retry_above_loss, config.pretrain.retries = 0.08, 2
     config.pretrain.eval_fraction = 0.0  # the base is judged on the held-out problems; every teacher example trains
     # Round SFT at half the rate and epochs it had: retraining round 4 of a demo run on its data, dev-split
