@@ -9,7 +9,7 @@ meets more shapes), the median of the later runs (compiled programs reused), the
 the PPM and the search's wall time. Last line: `ppm score ratio: X` (median scoring time of the
 later runs, whole paths / cached).
 
-    .venv/bin/python benchmarks/bench_ppm_score.py [--problems 64 --rollouts 4 --repeats 4]
+    .venv/bin/python benchmarks/bench_ppm_score.py [--problems 64 --rollouts 4 --repeats 4 --head value]
 """
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def main():
     p.add_argument("--children", type=int, default=4)
     p.add_argument("--cache_mb", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--head", choices=("value", "logprob"), default="value",
+                   help="the PPM's head (ppm_train.head); a log-prob head re-runs each cached prefix's last token")
     args = p.parse_args()
 
     import numpy as np
@@ -47,7 +49,7 @@ def main():
                                                          np.random.default_rng(0)), 512)
     arch = dict(demo.get_config().arch)
     ppm = init_model(Qwen2Config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, **arch), seed=1, ppm=True,
-                     head_init_std=0.5)
+                     head_init_std=0.5, ppm_head=args.head)
     cfg = base.mcts_config()
     with cfg.unlocked():
         cfg.update(rollouts=args.rollouts, num_children=args.children, q_init="ppm", dedupe="code",

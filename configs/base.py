@@ -52,10 +52,13 @@ def train_config() -> config_dict.ConfigDict:
 
 
 def ppm_train_config() -> config_dict.ConfigDict:
-    """PPM hyper-parameters (rstar_jax.train.ppm); the value head starts fresh on the SFT policy."""
+    """PPM hyper-parameters (rstar_jax.train.ppm); the PPM starts from the SFT policy."""
     config = train_config()
     config.seq_len = 1024  # question prompt + prefix steps + one step
     config.min_width = 64  # a batch is cut to the power-of-two bucket >= its longest pair; 0 = always seq_len
+    # "value" (the reference: Linear(hidden -> 1) on the last token) or "logprob" (the step reward is the
+    # log-probability the PPM, an LM initialised from the policy, gives the step's tokens).
+    config.head = "value"
     config.head_init_std = 0.02  # std of the fresh value head's weights
     config.head_seed = 0
     return config
@@ -97,7 +100,10 @@ def mcts_config() -> config_dict.ConfigDict:
             # Inference (no ground truth): terminals are scored by the PPM.
             "runs": 4,  # independent searches per problem
             "vote_top_k": 4,  # majority vote over the top-K runs by PPM score
-            "terminal_score": "last",  # a run's answer: its terminal with the best own PPM score ("last", the reference) or path minimum ("min")
+            # A run's answer: its terminal whose path scores best (rstar_jax.mcts.run.path_score): by the answer
+            # step's own PPM score ("last", the reference), the path's lowest ("min") or the product of
+            # (1 + s) / 2 over the path ("prod"); best-of-N in evaluation reads whole solutions the same way.
+            "terminal_score": "last",
         }
     )
 

@@ -34,9 +34,13 @@ def get_config():
     # greedy was 0.54 at 2e-3 x 6 epochs, 0.57 at 1e-3 x 6, 0.48 at 2e-3 x 3, 0.59 at 1e-3 x 3. Later, 200 dev
     # problems: 2 epochs against 3 gave 0.705 / 0.71 (round 1's data) and 0.785 / 0.77 (round 4's), in 2/3 the time.
     _small_training(config.train, lr=1e-3, epochs=2)
-    # The PPM, 3 epochs: retrained on a demo run's round-4 pairs, its held-back pair accuracy went 0.70 -> 0.88
-    # (2 epochs: 0.70) and it ranked the policy's dev samples right above wrong in 0.69 of pairs (0.60).
-    _small_training(config.ppm_train, lr=1e-3, epochs=3)
+    # The PPM scores a step by the log-probability it gives the step's tokens (`ppm_train.head`), starting from
+    # the round's policy. Dev split (150 fresh problems, a demo run's round-4 checkpoints, 4 samples at 0.3):
+    # a value head trained 3 epochs on that round's pairs ranked right samples above wrong ones in 0.69 of
+    # pairs; the untrained policy's log-probability in 0.82; the log-prob PPM trained 2 epochs at 3e-4 in 0.96,
+    # its best-of-4 0.81 against pass@4 0.81 (held-back pair accuracy 0.93).
+    config.ppm_train.head = "logprob"
+    _small_training(config.ppm_train, lr=3e-4, epochs=2)
     # The pool (192 + 384 drawn after train, so the base's corpus is the one it was tuned on; a train split
     # drawn after a 576-problem pool gave a base at 0.08) is searched every round: with 192 problems
     # (~100 verified solutions a round) dev-split greedy went 0.31 (base) -> 0.56 -> 0.51 over two rounds,
@@ -64,8 +68,9 @@ def get_config():
     # (0.79), MCTS + PPM 0.66 (0.51). Its PPM retrained 3 epochs rather than 1: MCTS + PPM 0.65, and 0.74
     # with each run's terminal picked by its path's lowest step score (0.70 by the mean).
     config.eval.samples, config.eval.temperature, config.eval.top_p, config.eval.max_tokens = 4, 0.3, 1.0, 256
+    # A log-prob PPM's path score is the path's probability under it ("prod"); a value head's was best by "min".
     config.eval.mcts_overrides = dict(num_children=4, rollouts=4, runs=2, vote_top_k=2, temperature=0.3,
-                                      terminal_score="min")
+                                      terminal_score="prod")
     config.eval.equal_budget = True  # last round: MCTS (terminal-guided and PPM) vs best-of-N at equal tokens
     config.eval.equal_budget_problems = 50
     config.control.enabled = True

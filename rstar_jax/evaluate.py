@@ -10,6 +10,7 @@ its output, and decode the answer up to `<end_of_answer>`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -20,8 +21,8 @@ from absl import logging
 from rstar_jax.generate import Generator
 from rstar_jax.grading import extract_answer, is_equiv
 from rstar_jax.mcts.policy import derive_seed
-from rstar_jax.mcts.run import vote
-from rstar_jax.steps import END_OF_ANSWER, END_OF_CODE, build_prompt, format_output, program, stop_kind
+from rstar_jax.mcts.run import path_score, vote
+from rstar_jax.steps import END_OF_ANSWER, END_OF_CODE, build_prompt, format_output, program, split_steps, stop_kind
 
 
 @dataclasses.dataclass
@@ -163,8 +164,7 @@ def evaluate_policy(generator: Generator, tokenizer, problems: Sequence[Any], cf
         out["ranking"] = {"policy": ranking_accuracy(sampled, [[s.logprob for s in row] for row in sampled]),
                           "ppm": None}
         if scorer is not None:
-            scores = [scorer.score([build_prompt(p.question) + s.text for s in row])
-                      for p, row in zip(problems, sampled)]
+            scores = solution_scores(scorer, problems, sampled, cfg.mcts.terminal_score)
             picks = [best_by_score(row, sc) for row, sc in zip(sampled, scores)]
             out["best_of_n"] = _mean(best is not None and best.correct for best in picks)
             out["ranking"]["ppm"] = ranking_accuracy(sampled, scores)
@@ -175,6 +175,23 @@ def evaluate_policy(generator: Generator, tokenizer, problems: Sequence[Any], cf
         out["mcts_ppm"] = _mean(bool(r["correct"]) for r in records)
     logging.info("eval: %s", {k: v for k, v in out.items() if k != "by_level"})
     return out
+
+
+def solution_scores(scorer, problems: Sequence[Any], rows: Sequence[Sequence[Solution]], how: str) -> list[list[float]]:
+    """PPM scores of whole solutions, read as the search reads a path to an answer (`path_score` by
+    `how`, `mcts.terminal_score`): every step scored after the prompt and the steps before it."""
+    texts, prefixes, spans = [], [], []
+    for p, row in zip(problems, rows):
+        for s in row:
+            prefix, first = build_prompt(p.question), len(texts)
+            for step in split_steps(s.text):
+                texts.append(prefix + step)
+                prefixes.append(prefix)
+                prefix += step
+            spans.append((first, len(texts)))
+    scores = scorer.score(texts, prefixes) if texts else []
+    flat = iter(path_score(list(scores[a:b]), how) if b > a else -math.inf for a, b in spans)
+    return [[next(flat) for _ in row] for row in rows]
 
 
 def load_ppm(path: str, dtype, mesh):

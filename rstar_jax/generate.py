@@ -75,6 +75,10 @@ class PrefixKV:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.k + self.v) + (0 if self.logits is None else self.logits.nbytes)
 
+    def first(self, n: int) -> "PrefixKV":
+        """The keys/values of this sequence's first `n` tokens (no logits: the next token is unknown)."""
+        return PrefixKV(tuple(a[:, :n] for a in self.k), tuple(a[:, :n] for a in self.v), None)
+
     def extend(self, tail: "PrefixKV") -> "PrefixKV":
         """This sequence followed by `tail` (whose keys/values sit at the positions after this one)."""
         cat = lambda a, b: tuple(np.concatenate([x, y], axis=1) for x, y in zip(a, b))

@@ -64,6 +64,14 @@ def format_output(stdout: str, error: str | None = None) -> str:
     return f"\n{OUTPUT_START}{stdout}{error or ''}{END_OF_OUTPUT}\n"
 
 
+def split_steps(response: str) -> list[str]:
+    """A whole response cut back into its steps, each ending at its `<end_of_step>` (the last step takes
+    the rest): the inverse of `response_text`, for scoring a sampled solution step by step."""
+    parts = response.split(END_OF_STEP)
+    steps = [p + END_OF_STEP for p in parts[:-1]]
+    return steps + [parts[-1]] if parts[-1] else steps
+
+
 def response_text(steps: list[str]) -> str:
     """The policy's response for a path of steps (what SFT trains on and the PPM scores)."""
     return "".join(steps)

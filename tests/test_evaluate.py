@@ -116,6 +116,7 @@ def test_evaluate_policy_reports_how_scores_rank_samples(tiny):
     model, tok, problems, sb = tiny
     cfg = eval_config()
     cfg.update(samples=3, max_tokens=24, temperature=1.0, top_p=1.0, mcts_ppm=False)
+    cfg.mcts = mcts_config()
     ppm = PPMScorer(init_model(model.config, seed=1, ppm=True), tok)
     out = evaluate_policy(Generator(model), tok, problems, cfg, sandbox=sb, scorer=ppm)
     assert set(out["ranking"]) == {"policy", "ppm"}

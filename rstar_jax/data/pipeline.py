@@ -129,7 +129,8 @@ def sft_dataset(tokenized: list[dict[str, np.ndarray]], *, seq_len: int, rows: i
 
 
 def tokenize_ppm(tokenizer, pairs: Sequence[PPMPair], seq_len: int) -> list[dict[str, np.ndarray]]:
-    """Per pair: right-padded prompt+pos / prompt+neg ids with their lengths, and the pair's loss weight."""
+    """Per pair: right-padded prompt+pos / prompt+neg ids with their lengths, where each step starts
+    (after the prompt's kept tokens), and the pair's loss weight."""
     prompts = tokenizer.encode_batch([p.prompt for p in pairs])
     pos = tokenizer.encode_batch([p.pos for p in pairs])
     neg = tokenizer.encode_batch([p.neg for p in pairs])
@@ -138,8 +139,9 @@ def tokenize_ppm(tokenizer, pairs: Sequence[PPMPair], seq_len: int) -> list[dict
         pos_ids, pos_len, cut_a = _left_cut(pr + a, seq_len, tokenizer.pad_id)
         neg_ids, neg_len, cut_b = _left_cut(pr + b, seq_len, tokenizer.pad_id)
         cut += cut_a or cut_b
-        out.append({"pos_ids": pos_ids, "pos_len": np.int32(pos_len), "neg_ids": neg_ids,
-                    "neg_len": np.int32(neg_len), "weight": np.float32(pair.weight)})
+        out.append({"pos_ids": pos_ids, "pos_len": np.int32(pos_len), "pos_start": np.int32(max(pos_len - len(a), 0)),
+                    "neg_ids": neg_ids, "neg_len": np.int32(neg_len), "neg_start": np.int32(max(neg_len - len(b), 0)),
+                    "weight": np.float32(pair.weight)})
     if cut:
         logging.warning("PPM tokenization: %d of %d pairs kept only their last %d tokens", cut, len(pairs), seq_len)
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -73,7 +74,7 @@ class _Run:
     run: int
 
 
-TERMINAL_SCORES = ("last", "min")
+TERMINAL_SCORES = ("last", "min", "prod")
 
 
 def check_terminal_score(how: str) -> str:
@@ -83,20 +84,27 @@ def check_terminal_score(how: str) -> str:
     return how
 
 
+def path_score(scores: Sequence[float | None], how: str) -> float:
+    """One score for a path from the PPM step scores along it (root to answer; unscored steps, None, are
+    skipped): the answer step's own ("last", the reference), the lowest ("min": a path is as good as its
+    weakest step), or the log of the product of (1 + s) / 2 ("prod": each step's score read as the
+    chance it is right; for a log-prob PPM that is the path's probability)."""
+    got = [float(s) for s in scores if s is not None]
+    if how == "last":
+        return got[-1]
+    if how == "min":
+        return min(got)
+    return sum(math.log((1.0 + s) / 2.0) if s > -1.0 else -math.inf for s in got)
+
+
 def best_terminal(tree: TreeRecord, how: str = "last") -> tuple[str, float] | None:
-    """(answer, score) of the tree's best-scored answer terminal, or None. A terminal's score is its own
-    PPM score ("last", the reference) or the lowest PPM score on its path ("min": a path is as good as
-    its weakest step; unscored steps are skipped)."""
+    """(answer, score) of the tree's best-scored answer terminal by `path_score`, or None."""
     check_terminal_score(how)
     scored = []
     for n in tree.nodes:
         if n.terminal != "answer" or n.answer is None or n.ppm_score is None:
             continue
-        if how == "min":
-            score = min(s for i in tree.path(n.id) if (s := tree.nodes[i].ppm_score) is not None)
-        else:
-            score = n.ppm_score
-        scored.append((score, n.answer))
+        scored.append((path_score([tree.nodes[i].ppm_score for i in tree.path(n.id)], how), n.answer))
     if not scored:
         return None
     score, answer = max(scored, key=lambda s: s[0])

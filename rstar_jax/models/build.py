@@ -19,13 +19,14 @@ Model = Qwen2ForCausalLM | Qwen2PPM
 
 
 def init_model(config: Qwen2Config, *, seed: int = 0, param_dtype=jnp.float32, dtype=None,
-               mesh: jax.sharding.Mesh | None = None, ppm: bool = False, head_init_std: float | None = None) -> Model:
-    """A freshly initialised policy (or PPM with `ppm=True`): weights N(0, initializer_range) drawn on
+               mesh: jax.sharding.Mesh | None = None, ppm: bool = False, head_init_std: float | None = None,
+               ppm_head: str = "value") -> Model:
+    """A freshly initialised policy (or PPM with `ppm=True`, its head `ppm_head`): weights N(0, initializer_range) drawn on
     the host per parameter (seeded by `seed` and its path; XLA's CPU compile of a jitted random init
     takes seconds even for tiny models), biases 0, norms 1; with a mesh each device gets its slice."""
     kw = dict(param_dtype=param_dtype, dtype=dtype)
     if ppm:
-        kw["head_init_std"] = head_init_std
+        kw["head_init_std"], kw["head"] = head_init_std, ppm_head
 
     def make():
         return (Qwen2PPM if ppm else Qwen2ForCausalLM)(config, rngs=nnx.Rngs(seed), **kw)

@@ -222,11 +222,18 @@ def load_hf(path: epath.PathLike, dtype=jnp.float32, mesh: jax.sharding.Mesh | N
 
 
 def load_hf_ppm(path: epath.PathLike, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None, *,
-                compute_dtype=None, head_init_std: float | None = None, head_seed: int = 0) -> Qwen2PPM:
-    """A PPM from a PPM checkpoint (its saved value head) or from a policy checkpoint (backbone
-    reused, value head drawn fresh from N(0, head_init_std) with `head_seed`, bias 0)."""
+                compute_dtype=None, head_init_std: float | None = None, head_seed: int = 0,
+                head: str | None = None) -> Qwen2PPM:
+    """A PPM from a PPM checkpoint (its saved head: value or log-prob) or from a policy checkpoint:
+    backbone reused, and `head` (default "value") a value head drawn fresh from N(0, head_init_std)
+    with `head_seed`, bias 0, or the policy's LM head ("logprob"). A `head` that contradicts a PPM
+    checkpoint's own is an error."""
     cfg = read_config(path)
     std = cfg.initializer_range if head_init_std is None else head_init_std
+    saved = saved_ppm_head(path)
+    if saved is not None and head is not None and head != saved:
+        raise InputError(f"{path}: a PPM with a {saved} head, asked to load with a {head} head")
+    head = saved or head or "value"
 
     def fill(p, files):
         if "v_head.weight" in files:
@@ -237,7 +244,15 @@ def load_hf_ppm(path: epath.PathLike, dtype=jnp.float32, mesh: jax.sharding.Mesh
             return np.zeros((1,), np.float32)
         return None
 
-    return _load(path, Qwen2PPM, dtype, compute_dtype, mesh, fill_missing=fill, head_init_std=head_init_std)
+    return _load(path, Qwen2PPM, dtype, compute_dtype, mesh, fill_missing=fill, head_init_std=head_init_std,
+                 head=head)
+
+
+def saved_ppm_head(path: epath.PathLike) -> str | None:
+    """The head of the PPM saved at `path` ("value" or "logprob"), or None for a policy checkpoint."""
+    if "v_head.weight" in TensorFiles(path):
+        return "value"
+    return json.loads((epath.Path(path) / "config.json").read_text()).get("rstar_ppm_head")
 
 
 def _host(x: jax.Array) -> np.ndarray:
@@ -260,9 +275,11 @@ def save_hf(model: Model, path: epath.PathLike, *, max_shard_bytes: int = 2 ** 3
         return
     hf = cfg.to_hf_dict()
     hf["torch_dtype"] = str(np.dtype(next(iter(tensors.values())).dtype)) if tensors else "float32"
-    if isinstance(model, Qwen2PPM):
+    if isinstance(model, Qwen2PPM) and model.head == "value":
         hf["architectures"] = ["Qwen2ForProcessRewardModel"]
         hf["rstar_value_head"] = "v_head"
+    elif isinstance(model, Qwen2PPM):  # a causal LM whose step log-probabilities are the rewards
+        hf["rstar_ppm_head"] = "logprob"
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0

@@ -1,4 +1,4 @@
-"""Qwen2 decoder (policy) and its value-head twin (PPM) in flax.nnx.
+"""Qwen2 decoder (policy) and its process-reward twin (PPM: value head or log-prob head) in flax.nnx.
 
 Parameters are stored einsum-ready (e.g. q as [embed, q_heads, head_dim]) and carry `logical_axes`
 metadata that rstar_jax.sharding maps to the mesh. Two forwards share one block implementation:
@@ -226,6 +226,17 @@ def _defaults(ids: jax.Array, positions, segment_ids):
     return positions, segment_ids
 
 
+def _head_weight(m: nnx.Module) -> jax.Array:
+    """A model's output projection [hidden, padded_vocab]: the embedding's transpose when tied."""
+    return m.model.embed[...].T if m.config.tie_word_embeddings else m.lm_head[...]
+
+
+def _logits(m: nnx.Module, h: jax.Array) -> jax.Array:
+    """Hidden states [..., hidden] -> fp32 logits [..., vocab_size] (padding rows cut off)."""
+    out = jnp.einsum("...d,dv->...v", h, _head_weight(m).astype(h.dtype), preferred_element_type=jnp.float32)
+    return out[..., : m.config.vocab_size]
+
+
 class Qwen2ForCausalLM(nnx.Module):
     """The policy: `model(ids)` -> fp32 logits [B, T, vocab_size].
 
@@ -242,15 +253,9 @@ class Qwen2ForCausalLM(nnx.Module):
             self.lm_head = _param(rngs, init, (config.hidden_size, config.padded_vocab), param_dtype,
                                   ("embed", "vocab"))
 
-    def head_weight(self) -> jax.Array:
-        """Output projection [hidden, padded_vocab] (the embedding's transpose when tied)."""
-        return self.model.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
-
     def logits(self, h: jax.Array) -> jax.Array:
         """Hidden states [..., hidden] -> fp32 logits [..., vocab_size] (padding rows cut off)."""
-        w = self.head_weight().astype(h.dtype)
-        out = jnp.einsum("...d,dv->...v", h, w, preferred_element_type=jnp.float32)
-        return out[..., : self.config.vocab_size]
+        return _logits(self, h)
 
     def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None) -> jax.Array:
@@ -268,28 +273,53 @@ class Qwen2ForCausalLM(nnx.Module):
         return init_cache(self.config, batch, length, dtype or self.dtype)
 
 
-def step_score(raw: jax.Array) -> jax.Array:
-    """PPM step score used at inference: tanh(r / 5), in (-1, 1)."""
-    return jnp.tanh(raw / 5.0)
+PPM_HEADS = ("value", "logprob")
+
+
+def step_score(raw: jax.Array, head: str = "value") -> jax.Array:
+    """PPM step score used at inference, in (-1, 1]: tanh(r / 5) of a value head's reward (the
+    reference), 2 p - 1 of a log-prob head's step probability p = exp(r)."""
+    return jnp.tanh(raw / 5.0) if head == "value" else 2.0 * jnp.exp(raw) - 1.0
+
+
+def span_logprob(logits: jax.Array, ids: jax.Array, starts: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Summed log-probability [B] of tokens ids[b, t] for starts[b] <= t < lengths[b] (t >= 1), each
+    predicted from logits[b, t - 1] ([B, T, V] fp32)."""
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    tok = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]  # [B, T-1]: token t+1
+    t = jnp.arange(1, ids.shape[1])[None]
+    inside = (t >= starts[:, None]) & (t < lengths[:, None])
+    return jnp.sum(jnp.where(inside, tok, 0.0), axis=1)
 
 
 class Qwen2PPM(nnx.Module):
-    """Process preference model: the Qwen2 backbone plus `Linear(hidden -> 1)` read at the last
-    non-pad token; `ppm(ids, lengths)` -> raw rewards [B] (fp32)."""
+    """Process preference model on the Qwen2 backbone; `ppm(ids, lengths, starts)` -> raw rewards [B] (fp32).
+
+    `head="value"` (the reference): `Linear(hidden -> 1)` read at the last non-pad token.
+    `head="logprob"`: the policy's own LM head kept, and the reward of a step is the log-probability
+    the model gives the step's tokens (from `starts`): trained on the same pairs, it starts from the
+    policy's own judgement instead of a fresh head that must learn it from a few thousand pairs.
+    """
 
     def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=None,
-                 head_init_std: float | None = None):
-        self.config = config
+                 head_init_std: float | None = None, head: str = "value"):
+        if head not in PPM_HEADS:
+            raise ValueError(f"PPM head {head!r}: expected one of {PPM_HEADS}")
+        self.config, self.head = config, head
         self.dtype = jnp.dtype(dtype or param_dtype)
         self.model = Qwen2Backbone(config, rngs, param_dtype)
-        std = config.initializer_range if head_init_std is None else head_init_std
-        self.v_head_w = _param(rngs, std, (config.hidden_size, 1), param_dtype,
-                               ("embed", "value"))
-        self.v_head_b = _param(rngs, "zeros", (1,), param_dtype, ("value",))
+        if head == "value":
+            std = config.initializer_range if head_init_std is None else head_init_std
+            self.v_head_w = _param(rngs, std, (config.hidden_size, 1), param_dtype, ("embed", "value"))
+            self.v_head_b = _param(rngs, "zeros", (1,), param_dtype, ("value",))
+        elif not config.tie_word_embeddings:
+            self.lm_head = _param(rngs, config.initializer_range, (config.hidden_size, config.padded_vocab),
+                                  param_dtype, ("embed", "vocab"))
 
-    def __call__(self, input_ids: jax.Array, lengths: jax.Array | None = None, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None) -> jax.Array:
-        """Raw rewards of right-padded rows; `lengths` [B] counts real tokens (default: all T)."""
+    def __call__(self, input_ids: jax.Array, lengths: jax.Array | None = None, starts: jax.Array | None = None,
+                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
+        """Raw rewards of right-padded rows; `lengths` [B] counts real tokens (default: all T), `starts`
+        [B] is where the scored step begins (log-prob head only; default 1: every token after the first)."""
         b, t = input_ids.shape
         if lengths is None:
             lengths = jnp.full((b,), t, jnp.int32)
@@ -297,22 +327,28 @@ class Qwen2PPM(nnx.Module):
             segment_ids = (jnp.arange(t)[None] < lengths[:, None]).astype(jnp.int32)
         positions, segment_ids = _defaults(input_ids, positions, segment_ids)
         h = self.model.hidden(self.config, input_ids, positions, segment_ids, self.dtype)
-        return self._value(h, lengths)
+        return self._reward(h, input_ids, lengths, starts)
 
-    def _value(self, h: jax.Array, lengths: jax.Array) -> jax.Array:
-        """Raw rewards [B] from the hidden state of each row's last real token (`lengths` [B] real tokens)."""
+    def _reward(self, h: jax.Array, ids: jax.Array, lengths: jax.Array, starts: jax.Array | None) -> jax.Array:
+        """Raw rewards [B] from hidden states [B, T, hidden] of rows with `lengths` real tokens."""
+        if self.head == "logprob":
+            starts = jnp.ones_like(lengths) if starts is None else starts
+            return span_logprob(_logits(self, h), ids, starts, lengths)
         last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
         w = self.v_head_w[...].astype(last.dtype)
         return (jnp.einsum("bd,do->bo", last, w, preferred_element_type=jnp.float32)[:, 0]
                 + self.v_head_b[...].astype(jnp.float32)[0])
 
-    def scores(self, input_ids: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
-        """Step scores tanh(r / 5)."""
-        return step_score(self(input_ids, lengths))
+    def scores(self, input_ids: jax.Array, lengths: jax.Array | None = None,
+               starts: jax.Array | None = None) -> jax.Array:
+        """Step scores in (-1, 1] (`step_score`)."""
+        return step_score(self(input_ids, lengths, starts), self.head)
 
     def scores_cached(self, input_ids: jax.Array, positions: jax.Array, cache: KVCache,
-                      index: jax.Array) -> tuple[jax.Array, KVCache]:
+                      index: jax.Array, starts: jax.Array) -> tuple[jax.Array, KVCache]:
         """Step scores of rows that continue keys/values already in `cache`: new tokens [B, T] at
-        `positions` (-1 = right padding) are written at slot `index`. Returns the scores [B] and the cache."""
+        `positions` (-1 = right padding) are written at slot `index`; a log-prob head scores the new
+        tokens from column `starts` [B] on. Returns the scores [B] and the cache."""
         h, cache = self.model.hidden_cached(self.config, input_ids, positions, cache, index, self.dtype)
-        return step_score(self._value(h, jnp.sum(positions >= 0, axis=1))), cache
+        raw = self._reward(h, input_ids, jnp.sum(positions >= 0, axis=1), starts)
+        return step_score(raw, self.head), cache

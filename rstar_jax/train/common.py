@@ -126,8 +126,8 @@ def summarize(history: list[dict[str, float]], eval_metrics: dict[str, float], w
 def run_stage(config, workdir: str, *, kind: str, train: Callable) -> dict:
     """Command-line glue of both stages: mesh, tokenizer and model from `config`, train, export to HF.
 
-    `kind` is "policy" (causal LM) or "ppm" (the checkpoint's backbone; a fresh value head when the
-    checkpoint is a policy). Weights are stored as `config.model.param_dtype` and computed in
+    `kind` is "policy" (causal LM) or "ppm" (the checkpoint's backbone; from a policy checkpoint, a
+    fresh value head or the LM head as `config.ppm_train.head` says). Weights are stored as `config.model.param_dtype` and computed in
     `config.model.dtype`. `train(model, tokenizer, mesh) -> (model, summary)` does the work.
     """
     from rstar_jax import models
@@ -145,7 +145,7 @@ def run_stage(config, workdir: str, *, kind: str, train: Callable) -> dict:
             model = models.load_hf(config.init_checkpoint, **dtypes)
         else:
             model = models.load_hf_ppm(config.init_checkpoint, head_init_std=config.ppm_train.head_init_std,
-                                       head_seed=config.ppm_train.head_seed, **dtypes)
+                                       head_seed=config.ppm_train.head_seed, head=config.ppm_train.head, **dtypes)
         if tokenizer.vocab_size > model.config.vocab_size:  # room for added step tokens
             model = models.resize_vocab(model, tokenizer.vocab_size)
         model, summary = train(model, tokenizer, mesh)

@@ -1,6 +1,7 @@
 """Process preference model training: pairwise loss -log sigmoid(r_pos - r_neg), weighted 1/(n_pos*n_neg).
 
-The PPM scores prompt+step at its last real token. The batch loss is the weight-normalised mean
+The PPM scores prompt+step: a value head at its last real token, a log-prob head by the step tokens'
+log-probability (`rstar_jax.models.Qwen2PPM`). The batch loss is the weight-normalised mean
 sum(w * l) / sum(w) (padding pairs have w = 0). Held-out pairwise accuracy counts the real pairs
 whose positive outscores the negative.
 Library use (the round loop): `train_ppm(model, tokenizer, pairs, cfg, workdir, mesh=...)`;
@@ -23,16 +24,18 @@ from rstar_jax.data.selection import PPMPair, read_ppm
 from rstar_jax.train import common, trainer
 
 
-def ppm_scores(model: nnx.Module, ids: jax.Array, lengths: jax.Array) -> jax.Array:
-    """Raw rewards r of right-padded sequences, read at position lengths - 1."""
-    return model(ids, lengths=lengths)
+def ppm_scores(model: nnx.Module, ids: jax.Array, lengths: jax.Array, starts: jax.Array) -> jax.Array:
+    """Raw rewards r of right-padded sequences: a value head's read at position lengths - 1, a log-prob
+    head's summed over the step's tokens [starts, lengths)."""
+    return model(ids, lengths=lengths, starts=starts)
 
 
 def ppm_loss(model: nnx.Module, batch: dict[str, jax.Array]):
     """Summed weighted pairwise loss, the weights' sum, and sums for accuracy and throughput."""
     ids = jnp.concatenate([batch["pos_ids"], batch["neg_ids"]])
     lengths = jnp.concatenate([batch["pos_len"], batch["neg_len"]])
-    r = ppm_scores(model, ids, lengths).astype(jnp.float32)
+    starts = jnp.concatenate([batch["pos_start"], batch["neg_start"]])
+    r = ppm_scores(model, ids, lengths, starts).astype(jnp.float32)
     n = batch["pos_ids"].shape[0]
     margin = r[:n] - r[n:]
     w = batch["weight"]

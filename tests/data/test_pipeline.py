@@ -125,6 +125,7 @@ def test_ppm_batches_lengths_weights_and_padding(tok):
     assert len(batches) == pl.ppm_num_batches(11, 4, 2) == 6
     for t, p in zip(tokd, pairs):
         assert tok.decode(t["pos_ids"][: t["pos_len"]]) == p.prompt + p.pos
+        assert tok.decode(t["neg_ids"][t["neg_start"]: t["neg_len"]]) == p.neg  # the step a log-prob head scores
         assert np.all(t["neg_ids"][t["neg_len"]:] == tok.pad_id)
         assert t["weight"] == pytest.approx(p.weight)
     weights = np.concatenate([b["weight"] for b in batches])
@@ -159,6 +160,7 @@ def test_ppm_long_sequences_keep_their_last_tokens(tok):
     full = tok.encode(pair.prompt) + tok.encode(pair.pos)
     t = pl.tokenize_ppm(tok, [pair], seq_len=10)[0]
     assert t["pos_len"] == 10 and list(t["pos_ids"]) == full[-10:]
+    assert t["pos_start"] == max(10 - len(tok.encode(pair.pos)), 0)
 
 
 def test_split_holdout_is_seeded_and_disjoint():

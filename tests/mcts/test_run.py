@@ -1,5 +1,6 @@
 """Entry points: the resumable trees shard (including a kill -9 mid-run), process sharding, inference voting."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from rstar_jax.data import toyworld
 from rstar_jax.mcts import ScriptedPolicy, search, solve
 from rstar_jax.mcts.records import NodeRecord, TreeRecord, read_trees
-from rstar_jax.mcts.run import best_terminal, vote
+from rstar_jax.mcts.run import best_terminal, path_score, vote
 from mcts_helpers import make_cfg, problem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,7 +96,7 @@ def test_vote_pools_equivalent_answers_over_the_top_k():
     assert vote([], top_k=4) == (None, 0, 0.0)
 
 
-def test_best_terminal_by_own_score_or_by_path_minimum():
+def test_best_terminal_by_own_score_path_minimum_or_product():
     # root -> 1 (0.9) -> 3 answers "7" (0.8); root -> 2 (-0.5) -> 4 answers "8" (0.95); 5 is dead
     nodes = [NodeRecord(0, -1), NodeRecord(1, 0, ppm_score=0.9), NodeRecord(2, 0, ppm_score=-0.5),
              NodeRecord(3, 1, ppm_score=0.8, terminal="answer", answer="7"),
@@ -104,8 +105,12 @@ def test_best_terminal_by_own_score_or_by_path_minimum():
     tree = TreeRecord("p", "q", None, nodes)
     assert best_terminal(tree) == ("8", pytest.approx(0.95))  # the reference: the terminal's own score
     assert best_terminal(tree, "min") == ("7", pytest.approx(0.8))  # "8" sits under a -0.5 step
+    # "prod": log of the product of (1 + s) / 2 -- "7": 0.95 * 0.9 = 0.855 beats "8": 0.25 * 0.975
+    assert best_terminal(tree, "prod") == ("7", pytest.approx(math.log(0.95 * 0.9)))
+    assert path_score([0.9, None, -1.0], "prod") == -math.inf  # a step scored -1 has no chance of being right
     nodes[1].ppm_score = None  # unscored steps are skipped, not counted as low
     assert best_terminal(tree, "min") == ("7", pytest.approx(0.8))
+    assert best_terminal(tree, "prod") == ("7", pytest.approx(math.log(0.9)))
     with pytest.raises(ValueError, match="terminal_score='mean'"):
         best_terminal(tree, "mean")
 

@@ -66,3 +66,35 @@ def test_cached_prefixes_give_whole_text_scores_and_run_only_new_tokens():
     before = cached.tokens_scored
     cached.score(level1[:2])
     assert cached.tokens_scored - before == n_tokens(level1[:2])
+
+
+def test_logprob_head_scores_each_step_after_its_prefix_cached_or_not():
+    """A log-prob PPM scores the tokens after each text's prefix: a cached prefix (its last token run
+    again for the step's first logits) gives the whole text's score, and both are the policy's
+    2 p(step | prefix) - 1."""
+    problems = toyworld.generate_problems(2, seed=0, levels=(2,))
+    corpus = list(toyworld.tokenizer_corpus(problems, np.random.default_rng(0)))
+    tok = train_demo_tokenizer(corpus, 300)
+    cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                      initializer_range=0.2)  # step probabilities vary from text to text
+    ppm = init_model(cfg, seed=1, ppm=True, ppm_head="logprob")
+    policy = init_model(cfg, seed=1)  # the same weights
+    whole = PPMScorer(ppm, tok, batch_size=4, min_len=16)
+    cached = PPMScorer(ppm, tok, batch_size=4, min_len=16, cache_mb=16)
+    levels = [[t[:50] for t in corpus]]
+    for step in ("1", "<end_of_step>", " x"):  # one-token steps: a random model's longer ones score -1 (p < 3e-8)
+        levels.append([t + step for t in levels[-1]])
+    logits = jax.jit(policy)
+    for parents, texts in zip(levels, levels[1:]):
+        if parents is levels[0]:
+            cached.score(parents, [None] * len(parents))  # the roots' keys/values
+        got = cached.score(texts, parents)
+        np.testing.assert_allclose(got, whole.score(texts, parents), atol=1e-5)
+        want = []
+        for parent, text in zip(parents, texts):
+            ids, start = tok.encode(text), len(tok.encode(parent))
+            logp = jax.nn.log_softmax(np.asarray(logits(np.asarray([ids], np.int32))[0], np.float64), axis=-1)
+            want.append(2 * np.exp(sum(logp[t - 1, ids[t]] for t in range(start, len(ids)))) - 1)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert np.all(np.asarray(got) > -1.0)  # not saturated: the comparison means something

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from hf_tiny import hf_logits, hf_model, jit_call, save
 
 from rstar_jax.models import Qwen2Config, functional, init_model, load_hf, qwen2, step_score
@@ -154,6 +155,31 @@ def test_ppm_reads_last_real_token_and_scores():
     np.testing.assert_allclose(r[0], alone[0], atol=1e-5)
     assert abs(float(r[0] - r[1])) > 1e-4  # a different last token changes the reward
     np.testing.assert_allclose(step_score(r), np.tanh(np.asarray(r) / 5), atol=1e-6)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_logprob_ppm_scores_a_step_by_its_tokens_log_probability(tied):
+    """A log-prob head's reward is the policy's summed log-probability of the tokens from `starts` on;
+    the cached path (the prefix's last token re-run, the step after it) gives the same step score."""
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tied)
+    policy = init_model(cfg, seed=3)
+    ppm = init_model(cfg, seed=3, ppm=True, ppm_head="logprob")  # the same draws: the policy's weights
+    ids = jnp.asarray([[5, 6, 7, 8, 9, 0], [5, 6, 7, 8, 9, 10]])
+    lengths, starts = jnp.asarray([5, 6]), jnp.asarray([3, 4])
+    logp = jax.nn.log_softmax(np.asarray(jit_call(policy, ids), np.float64), axis=-1)
+    want = [sum(logp[b, t - 1, int(ids[b, t])] for t in range(int(starts[b]), int(lengths[b]))) for b in range(2)]
+    r = jit_call(ppm, ids, lengths=lengths, starts=starts)
+    np.testing.assert_allclose(r, want, atol=1e-4)
+    np.testing.assert_allclose(step_score(r, "logprob"), 2 * np.exp(np.asarray(r)) - 1, atol=1e-6)
+    # Cached, as the scorer runs a step after a cached prefix: token 0 in the cache, then token 1 (the
+    # prefix's last, re-run for its logits) and the step from column 1 on.
+    run = nnx.jit(lambda m, i, p, c, at: m.scores_cached(i, p, c, at, jnp.ones(2, jnp.int32)))
+    _, cache = run(ppm, ids[:, :1], jnp.zeros((2, 1), jnp.int32), qwen2.init_cache(cfg, 2, 8, jnp.float32), 0)
+    positions = jnp.where(jnp.arange(1, 6)[None] < lengths[:, None], jnp.arange(1, 6)[None], -1)
+    got, _ = run(ppm, ids[:, 1:], positions, cache, 1)
+    whole = jit_call(ppm, ids, lengths=lengths, starts=jnp.asarray([2, 2]))
+    np.testing.assert_allclose(got, step_score(whole, "logprob"), atol=1e-5)
 
 
 def test_config_rejects_math_we_do_not_implement():

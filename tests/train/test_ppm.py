@@ -25,8 +25,10 @@ def _pairs(n: int, seed: int = 0) -> list[PPMPair]:
     return out
 
 
-def test_ppm_stage_learns_a_synthetic_preference(tmp_path):
-    """The command-line stage: a policy checkpoint in, PPM with a fresh head trained, HF export out."""
+@pytest.mark.parametrize("head", ["value", "logprob"])
+def test_ppm_stage_learns_a_synthetic_preference(tmp_path, head):
+    """The command-line stage: a policy checkpoint in, PPM (fresh value head, or the LM head) trained,
+    HF export out."""
     from configs import ppm as ppm_config
     from rstar_jax.data import pipeline
     from rstar_jax.data.selection import write_ppm
@@ -43,6 +45,7 @@ def test_ppm_stage_learns_a_synthetic_preference(tmp_path):
     config.ppm_data = str(tmp_path / "pairs.jsonl")
     config.model.dtype = "float32"
     config.mesh.update({"data": 2, "fsdp": 2, "tensor": 2})
+    config.ppm_train.head = head
     config.ppm_train.update({"learning_rate": 2e-3, "epochs": 6, "batch_size": 8, "seq_len": 96,
                              "eval_fraction": 0.25, "log_every": 5, "checkpoint_every": 1000, "prefetch": 2})
     summary = ppm.run(config, str(tmp_path / "run"))
@@ -50,19 +53,21 @@ def test_ppm_stage_learns_a_synthetic_preference(tmp_path):
     assert summary["final_loss"] < 0.1 < summary["first_loss"]
     # the exported PPM keeps its trained head and ranks unseen pairs the same way
     exported = load_hf_ppm(tmp_path / "run" / "export")
+    assert exported.head == head
     fresh = pipeline.tokenize_ppm(tok, _pairs(20, seed=1), 96)
-    ids = lambda side: jnp.asarray(np.stack([t[f"{side}_ids"] for t in fresh]))  # noqa: E731
-    lens = lambda side: jnp.asarray(np.array([t[f"{side}_len"] for t in fresh]))  # noqa: E731
-    assert float(jnp.mean(exported(ids("pos"), lens("pos")) > exported(ids("neg"), lens("neg")))) >= 0.95
+    rows = lambda side, key: jnp.asarray(np.stack([t[f"{side}_{key}"] for t in fresh]))  # noqa: E731
+    score = lambda side: exported(rows(side, "ids"), rows(side, "len"), rows(side, "start"))  # noqa: E731
+    assert float(jnp.mean(score("pos") > score("neg"))) >= 0.95
 
 
 def test_pairwise_loss_weights_and_accuracy():
     class Fixed:  # scores are the first token id: the loss is a known function of them
-        def __call__(self, ids, lengths):
+        def __call__(self, ids, lengths, starts):
             return ids[:, 0].astype(jnp.float32)
 
     batch = {"pos_ids": jnp.array([[3, 0], [1, 0], [5, 0]]), "neg_ids": jnp.array([[1, 0], [2, 0], [0, 0]]),
              "pos_len": jnp.array([1, 1, 1]), "neg_len": jnp.array([2, 1, 1]),
+             "pos_start": jnp.array([0, 0, 0]), "neg_start": jnp.array([0, 0, 0]),
              "weight": jnp.array([0.5, 0.25, 0.0])}  # the last pair is padding
     loss_sum, weight_sum, sums = ppm.ppm_loss(Fixed(), batch)
     want = 0.5 * -np.log(jax.nn.sigmoid(2.0)) + 0.25 * -np.log(jax.nn.sigmoid(-1.0))
@@ -71,7 +76,8 @@ def test_pairwise_loss_weights_and_accuracy():
     assert (float(sums["correct"]), float(sums["pairs"]), float(sums["tokens"])) == (1.0, 2.0, 5.0)
 
 
-def test_scores_ignore_the_padding_a_cut_batch_drops():
+@pytest.mark.parametrize("head", ["value", "logprob"])
+def test_scores_ignore_the_padding_a_cut_batch_drops(head):
     """The pipeline cuts PPM batches to a bucket of their longest pair: right padding must not move a score."""
     from rstar_jax.data import pipeline
     from rstar_jax.models import Qwen2Config, init_model
@@ -80,13 +86,13 @@ def test_scores_ignore_the_padding_a_cut_batch_drops():
     tok = train_demo_tokenizer([p.prompt + p.pos + p.neg for p in pairs], vocab_size=320)
     cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
-    model = init_model(cfg, seed=0, ppm=True, head_init_std=0.5)
+    model = init_model(cfg, seed=0, ppm=True, head_init_std=0.5, ppm_head=head)
     full = next(iter(pipeline.ppm_dataset(pipeline.tokenize_ppm(tok, pairs, 256), rows=6, epochs=1, seed=0)))
     cut = next(iter(pipeline.ppm_dataset(pipeline.tokenize_ppm(tok, pairs, 256), rows=6, epochs=1, seed=0,
                                          min_width=16)))
     assert cut["pos_ids"].shape[1] < 256
     for side in ("pos", "neg"):
-        a = ppm.ppm_scores(model, jnp.asarray(full[f"{side}_ids"]), jnp.asarray(full[f"{side}_len"]))
-        b = ppm.ppm_scores(model, jnp.asarray(cut[f"{side}_ids"]), jnp.asarray(cut[f"{side}_len"]))
+        a, b = (ppm.ppm_scores(model, *(jnp.asarray(batch[f"{side}_{k}"]) for k in ("ids", "len", "start")))
+                for batch in (full, cut))
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
         assert np.ptp(np.asarray(a)) > 1e-3  # the scores differ by pair, so a misread position would show
