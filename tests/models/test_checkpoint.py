@@ -66,6 +66,31 @@ def test_ppm_save_load_keeps_value_head(tmp_path):
     np.testing.assert_array_equal(np.asarray(jit_call(restored, ids, lens)), r1)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_logprob_ppm_is_a_causal_lm_that_remembers_its_head(tmp_path, tied):
+    """A log-prob PPM from a policy checkpoint keeps the policy's weights (its LM head included), saves as a
+    causal LM that transformers loads, and reloads as a log-prob PPM; asking for the other head is an error."""
+    hf = hf_model(vocab=997, tied=tied)
+    policy_dir = save(hf, tmp_path / "policy")
+    ppm = load_hf_ppm(policy_dir, head="logprob")
+    ids, lens, starts = jnp.asarray(IDS), jnp.asarray([13, 6]), jnp.asarray([4, 2])
+    logp = torch.log_softmax(torch.from_numpy(hf_logits(hf, IDS)).double(), dim=-1).numpy()
+    want = [sum(logp[b, t - 1, IDS[b, t]] for t in range(int(starts[b]), int(lens[b]))) for b in range(2)]
+    np.testing.assert_allclose(np.asarray(jit_call(ppm, ids, lens, starts)), want, atol=1e-4)
+    save_hf(ppm, tmp_path / "ppm")
+    assert json.loads((tmp_path / "ppm" / "config.json").read_text())["rstar_ppm_head"] == "logprob"
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "ppm")
+    np.testing.assert_allclose(again(torch.from_numpy(IDS)).logits.detach().numpy(), hf_logits(hf, IDS), atol=1e-4)
+    restored = load_hf_ppm(tmp_path / "ppm")
+    assert restored.head == "logprob"
+    np.testing.assert_allclose(np.asarray(jit_call(restored, ids, lens, starts)), want, atol=1e-4)
+    with pytest.raises(InputError, match="logprob head, asked to load with a value head"):
+        load_hf_ppm(tmp_path / "ppm", head="value")
+    save_hf(load_hf_ppm(policy_dir), tmp_path / "value_ppm")
+    with pytest.raises(InputError, match="value head, asked to load with a logprob head"):
+        load_hf_ppm(tmp_path / "value_ppm", head="logprob")
+
+
 def test_bad_checkpoints_name_the_problem(tmp_path):
     with pytest.raises(InputError, match="config.json"):
         load_hf(tmp_path)
