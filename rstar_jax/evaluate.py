@@ -179,14 +179,17 @@ def evaluate_policy(generator: Generator, tokenizer, problems: Sequence[Any], cf
 
 def solution_scores(scorer, problems: Sequence[Any], rows: Sequence[Sequence[Solution]], how: str) -> list[list[float]]:
     """PPM scores of whole solutions, read as the search reads a path to an answer (`path_score` by
-    `how`, `mcts.terminal_score`): every step scored after the prompt and the steps before it."""
+    `how`, `mcts.terminal_score`): each step scored after the prompt and the steps before it (by "last",
+    only the final one)."""
     texts, prefixes, spans = [], [], []
     for p, row in zip(problems, rows):
         for s in row:
             prefix, first = build_prompt(p.question), len(texts)
-            for step in split_steps(s.text):
-                texts.append(prefix + step)
-                prefixes.append(prefix)
+            steps = split_steps(s.text)
+            for k, step in enumerate(steps):
+                if how != "last" or k == len(steps) - 1:
+                    texts.append(prefix + step)
+                    prefixes.append(prefix)
                 prefix += step
             spans.append((first, len(texts)))
     scores = scorer.score(texts, prefixes) if texts else []

@@ -1,15 +1,20 @@
 """Evaluation with a tiny random Qwen2: the row cap per generate call bounds memory without changing
 any solution; the equal-budget comparison samples best-of-N as the search samples."""
+import math
+
+import numpy as np
 import pytest
 
 from rstar_jax.data import toyworld
 from configs.base import eval_config, mcts_config
-from rstar_jax.evaluate import Solution, equal_budget, evaluate_policy, ranking_accuracy, sample_solutions
+from rstar_jax.evaluate import (Solution, equal_budget, evaluate_policy, ranking_accuracy, sample_solutions,
+                                solution_scores)
 from rstar_jax.generate import Generator
 from rstar_jax.mcts.lm_policy import LMPolicy
 from rstar_jax.mcts.scorer import PPMScorer
 from rstar_jax.models import init_model
 from rstar_jax.sandbox import Sandbox
+from rstar_jax.steps import build_prompt, split_steps
 from random_policy import tiny_policy
 
 
@@ -125,3 +130,33 @@ def test_evaluate_policy_reports_how_scores_rank_samples(tiny):
     greedy_only = cfg.copy_and_resolve_references()
     greedy_only.samples = 1
     assert evaluate_policy(Generator(model), tok, problems, greedy_only, sandbox=sb)["ranking"] is None
+
+
+class StepScorer:
+    """A scripted PPM that records what it is asked: 0.5 for a step that ends at <end_of_step>, -0.5 otherwise."""
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, texts, prefixes=None):
+        self.calls.append((list(texts), list(prefixes)))
+        return np.array([0.5 if t.endswith("<end_of_step>") else -0.5 for t in texts], np.float32)
+
+
+def test_solution_scores_read_each_step_after_its_prefix_by_the_search_rule():
+    problems = toyworld.generate_problems(2, seed=0, levels=(2, 3))
+    rng = np.random.default_rng(0)
+    rows = [[Solution(toyworld.teacher_solution(p, rng, noise=0.0), "1", True, 1, 0.0)] for p in problems]
+    steps = [split_steps(row[0].text) for row in rows]
+    assert [len(s) for s in steps] == [4, 5] and all("".join(s) == row[0].text for s, row in zip(steps, rows))
+    scorer = StepScorer()
+    got = solution_scores(scorer, problems, rows, "prod")
+    texts, prefixes = scorer.calls[-1]
+    assert len(texts) == 9 and all(t.startswith(p) and t != p for t, p in zip(texts, prefixes))
+    assert texts[3] == build_prompt(problems[0].question) + rows[0][0].text and prefixes[4] == build_prompt(problems[1].question)
+    assert got == [[pytest.approx(3 * math.log(0.75) + math.log(0.25))], [pytest.approx(4 * math.log(0.75) + math.log(0.25))]]
+    assert solution_scores(scorer, problems, rows, "min") == [[-0.5], [-0.5]]
+    assert solution_scores(scorer, problems, rows, "last") == [[-0.5], [-0.5]]
+    texts, prefixes = scorer.calls[-1]  # by "last" only each solution's final step is scored
+    assert texts == [build_prompt(p.question) + row[0].text for p, row in zip(problems, rows)]
+    assert [t[len(p):] for t, p in zip(texts, prefixes)] == [s[-1] for s in steps]
