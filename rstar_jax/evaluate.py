@@ -228,6 +228,9 @@ def evaluate_checkpoints(config, policy_path: str, ppm_path: str | None, tokeniz
         cfg.mcts.q_init = "ppm"
         for key, value in config.eval.mcts_overrides.items():
             cfg.mcts[key] = value
+    if scorer is not None and scorer.head == "logprob" and cfg.mcts.terminal_score == "last":
+        logging.warning("eval: a log-prob PPM with mcts.terminal_score='last' scores a path by its final step's "
+                        "probability alone; 'prod' scores the whole path")
     generator = Generator(policy, mesh=mesh)
     mcts_policy = LMPolicy(policy, tokenizer, cfg.mcts, mesh=mesh) if scorer is not None else None
     result = evaluate_policy(generator, tokenizer, problems, cfg, sandbox=sandbox, scorer=scorer,
