@@ -29,6 +29,7 @@ def train_config() -> config_dict.ConfigDict:
             "learning_rate": 7e-6,
             "epochs": 2,
             "max_steps": 0,  # stop after this many optimizer steps (the schedule spans them); 0 = every epoch
+            "min_steps": 0,  # SFT: repeat the data past `epochs` until at least this many steps; 0 = just `epochs`
             "batch_size": 128,  # global rows per optimizer step (SFT: packed rows of seq_len; PPM: pairs)
             "micro_batch_size": 0,  # rows per forward/backward (gradient accumulation); 0 = the whole batch
             "seq_len": 2048,

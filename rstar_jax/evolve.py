@@ -344,11 +344,12 @@ class Evolution:
 
     def control(self, d: epath.Path, steps: int) -> dict[str, Any]:
         """The base trained further on fresh teacher solutions for exactly as many steps as the last round's SFT."""
+        if steps == 0:  # the last round trained nothing (it verified nothing): neither does the control
+            return self.sft(d, self.base_checkpoint(), [], self.config.train)
         train_cfg = self.config.train.copy_and_resolve_references()
         examples = self.teacher_examples(self.config.world.samples_per_problem, derive(self.config.seed, "control"))
-        train_cfg = _epochs_for_steps(train_cfg, steps, examples, self)
         with train_cfg.unlocked():
-            train_cfg.max_steps = steps
+            train_cfg.min_steps = train_cfg.max_steps = steps
         return self.sft(d, self.base_checkpoint(), examples, train_cfg)
 
     def report(self) -> dict[str, Any]:
@@ -380,19 +381,6 @@ class Evolution:
         if jax_process_index() == 0:
             print(write_report(self.wd, report), flush=True)
         return report
-
-
-def _epochs_for_steps(train_cfg, steps: int, examples, evo: "Evolution"):
-    """A copy of `train_cfg` whose epochs give at least `steps` optimizer steps on `examples`."""
-    from rstar_jax.data import pipeline
-
-    tok = evo.tokenizer()
-    tokd = pipeline.tokenize_sft(tok, examples, train_cfg.seq_len)
-    per_epoch = pipeline.count_batches(pipeline.sft_dataset(tokd, seq_len=train_cfg.seq_len, rows=train_cfg.batch_size,
-                                                            epochs=1, seed=train_cfg.seed, shuffle=False))
-    with train_cfg.unlocked():
-        train_cfg.epochs = max(1, -(-steps // max(per_epoch, 1)))
-    return train_cfg
 
 
 def _gather(dirs: list[epath.Path], name: str, read: Callable[[epath.Path], list]) -> list:

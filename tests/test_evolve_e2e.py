@@ -57,6 +57,8 @@ def test_demo_smoke_runs_the_whole_loop(reference, cache_dir):
     for stage in ("world", "round_0/policy", "round_4/search", "round_2/ppm", "round_4/ppm", "control/eval"):
         assert (wd / stage / "DONE.json").exists(), stage
     assert not (wd / "round_1/ppm").exists()  # round 2 searches terminal-guided: nothing reads a round-1 PPM
+    steps = lambda stage: json.loads((wd / stage / "DONE.json").read_text())["steps"]  # noqa: E731
+    assert steps("control/policy") == steps("round_4/policy")  # the control's training compute is the round's
     # sampled metrics for the base and the last round only
     assert [r_["heldout"]["majority"] is not None for r_ in report["rounds"]] == [True, False, False, False, True]
     assert (wd / "round_4/policy/export/config.json").exists()

@@ -57,8 +57,14 @@ def train_sft(model: nnx.Module, tokenizer, examples: Sequence[SFTExample], cfg,
         return pipeline.sft_dataset(examples_tok, seq_len=cfg.seq_len, rows=rows, epochs=epochs, seed=cfg.seed,
                                     shard=this_shard, shuffle=shuffle, prefetch=prefetch)
 
-    num_steps = common.capped_steps(cfg, pipeline.count_batches(data(tokd, cfg.epochs, True, cfg.batch_size,
-                                                                     pipeline.Shard(), 0)))
+    def batches(passes: int) -> int:
+        return pipeline.count_batches(data(tokd, passes, True, cfg.batch_size, pipeline.Shard(), 0))
+
+    epochs, total = cfg.epochs, batches(cfg.epochs)
+    while total < cfg.get("min_steps", 0):  # more passes until that many steps (the control matches a round's)
+        epochs = max(epochs + 1, -(-cfg.min_steps * epochs // max(total, 1)))
+        total = batches(epochs)
+    num_steps = common.capped_steps(cfg, total)
     logging.info("SFT: %d train / %d held-out examples -> %d steps of %d rows x %d tokens",
                  len(tokd), len(eval_ex), num_steps, cfg.batch_size, cfg.seq_len)
     setup = common.setup_training(model, sft_loss, cfg, num_steps, mesh)
@@ -77,7 +83,7 @@ def train_sft(model: nnx.Module, tokenizer, examples: Sequence[SFTExample], cfg,
 
     state, history, last_eval = trainer.fit(
         setup.state, step_fn=setup.train_step, mesh=mesh, workdir=workdir, eval_fn=eval_fn, on_step=on_step,
-        data=lambda: iter(data(tokd, cfg.epochs, True, cfg.batch_size, shard, cfg.prefetch)),
+        data=lambda: iter(data(tokd, epochs, True, cfg.batch_size, shard, cfg.prefetch)),
         loop=common.loop_config(cfg, num_steps, "sft"))
     summary = common.summarize(history, last_eval, time.perf_counter() - t0)
     return state.model(), summary

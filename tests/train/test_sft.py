@@ -208,3 +208,10 @@ def test_max_steps_stops_early_with_the_schedule_spanning_the_cap(tok, tmp_path)
     assert full[1]["steps"] == 4 and capped[1]["steps"] == 3 and len(capped[2]) == 3
     # the learning rate decays over the 3 steps, so the runs part after the shared warm-up step
     assert capped[2][0] == full[2][0] and not np.allclose(capped[2], full[2][:3])
+
+
+def test_min_steps_repeats_the_data_until_that_many_steps(tok, tmp_path):
+    """The control trains for exactly a round's steps: `min_steps` adds passes, `max_steps` cuts the last one."""
+    exact = _train(tok, tmp_path, "exact", epochs=1, min_steps=7, max_steps=7)
+    assert exact[1]["steps"] == 7 and len(exact[2]) == 7  # one pass is one step here: 7 passes
+    assert _train(tok, tmp_path, "more", epochs=2, min_steps=1)[1]["steps"] == 2  # never fewer than `epochs` give
