@@ -30,7 +30,7 @@ from absl import logging
 from flax import nnx
 
 from rstar_jax import sharding
-from rstar_jax.models.qwen2 import _MASKED, KVCache, Qwen2ForCausalLM
+from rstar_jax.models.qwen2 import _MASKED, KVCache, Qwen2ForCausalLM, token_logprob
 
 COMPILES: list[tuple] = []  # one entry per traced program: (name, shape key); tests and logs read it
 ROW_REUSE = 4  # a call may run in an already compiled row bucket up to this many times its own
@@ -241,13 +241,6 @@ def first_argmax(logits: jax.Array) -> jax.Array:
     reduce: XLA's CPU argmax is a variadic reduce several times slower in the decode loop."""
     top = jnp.max(logits, axis=-1, keepdims=True)
     return jnp.min(jnp.where(logits == top, jnp.arange(logits.shape[-1]), logits.shape[-1]), axis=-1).astype(jnp.int32)
-
-
-def token_logprob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """log softmax(logits)[tokens] per row, without materialising the whole log-softmax."""
-    top = jnp.max(logits, axis=-1)
-    lse = jnp.log(jnp.sum(jnp.exp(logits - top[:, None]), axis=-1)) + top
-    return jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - lse
 
 
 def categorical(keys: jax.Array, logits: jax.Array, block: int = 32) -> jax.Array:

@@ -226,6 +226,12 @@ def _defaults(ids: jax.Array, positions, segment_ids):
     return positions, segment_ids
 
 
+def _lm_head(config: Qwen2Config, rngs: nnx.Rngs, param_dtype) -> nnx.Param:
+    """An untied output projection [hidden, padded_vocab] (the policy's, and a log-prob PPM's)."""
+    return _param(rngs, config.initializer_range, (config.hidden_size, config.padded_vocab), param_dtype,
+                  ("embed", "vocab"))
+
+
 def _head_weight(m: nnx.Module) -> jax.Array:
     """A model's output projection [hidden, padded_vocab]: the embedding's transpose when tied."""
     return m.model.embed[...].T if m.config.tie_word_embeddings else m.lm_head[...]
@@ -249,9 +255,7 @@ class Qwen2ForCausalLM(nnx.Module):
         self.dtype = jnp.dtype(dtype or param_dtype)
         self.model = Qwen2Backbone(config, rngs, param_dtype)
         if not config.tie_word_embeddings:
-            init = config.initializer_range
-            self.lm_head = _param(rngs, init, (config.hidden_size, config.padded_vocab), param_dtype,
-                                  ("embed", "vocab"))
+            self.lm_head = _lm_head(config, rngs, param_dtype)
 
     def logits(self, h: jax.Array) -> jax.Array:
         """Hidden states [..., hidden] -> fp32 logits [..., vocab_size] (padding rows cut off)."""
@@ -282,11 +286,18 @@ def step_score(raw: jax.Array, head: str = "value") -> jax.Array:
     return jnp.tanh(raw / 5.0) if head == "value" else 2.0 * jnp.exp(raw) - 1.0
 
 
+def token_logprob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """log softmax(logits)[tokens] over the last axis ([..., V] and [...]), without materialising the
+    whole log-softmax (the decode loop's sampled tokens, a log-prob PPM's step tokens)."""
+    top = jnp.max(logits, axis=-1)
+    lse = jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1)) + top
+    return jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0] - lse
+
+
 def span_logprob(logits: jax.Array, ids: jax.Array, starts: jax.Array, lengths: jax.Array) -> jax.Array:
     """Summed log-probability [B] of tokens ids[b, t] for starts[b] <= t < lengths[b] (t >= 1), each
     predicted from logits[b, t - 1] ([B, T, V] fp32)."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    tok = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]  # [B, T-1]: token t+1
+    tok = token_logprob(logits[:, :-1].astype(jnp.float32), ids[:, 1:])  # [B, T-1]: token t+1
     t = jnp.arange(1, ids.shape[1])[None]
     inside = (t >= starts[:, None]) & (t < lengths[:, None])
     return jnp.sum(jnp.where(inside, tok, 0.0), axis=1)
@@ -313,8 +324,7 @@ class Qwen2PPM(nnx.Module):
             self.v_head_w = _param(rngs, std, (config.hidden_size, 1), param_dtype, ("embed", "value"))
             self.v_head_b = _param(rngs, "zeros", (1,), param_dtype, ("value",))
         elif not config.tie_word_embeddings:
-            self.lm_head = _param(rngs, config.initializer_range, (config.hidden_size, config.padded_vocab),
-                                  param_dtype, ("embed", "vocab"))
+            self.lm_head = _lm_head(config, rngs, param_dtype)
 
     def __call__(self, input_ids: jax.Array, lengths: jax.Array | None = None, starts: jax.Array | None = None,
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
