@@ -194,9 +194,9 @@ def read_config(path: epath.PathLike) -> Qwen2Config:
         raise InputError(str(e)) from None
 
 
-def _load(path, cls, dtype, compute_dtype, mesh, fill_missing=None, **kw) -> Model:
+def _load(path, cls, dtype, compute_dtype, mesh, fill_missing=None, files: TensorFiles | None = None, **kw) -> Model:
     cfg = read_config(path)
-    files = TensorFiles(path)
+    files = files if files is not None else TensorFiles(path)
     abstract = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0), param_dtype=dtype, dtype=compute_dtype, **kw))
 
     def value(p, var):
@@ -230,7 +230,8 @@ def load_hf_ppm(path: epath.PathLike, dtype=jnp.float32, mesh: jax.sharding.Mesh
     checkpoint's own is an error."""
     cfg = read_config(path)
     std = cfg.initializer_range if head_init_std is None else head_init_std
-    saved = saved_ppm_head(path)
+    files = TensorFiles(path)
+    saved = saved_ppm_head(path, files)
     if saved is not None and head is not None and head != saved:
         raise InputError(f"{path}: a PPM with a {saved} head, asked to load with a {head} head")
     head = saved or head or "value"
@@ -244,13 +245,14 @@ def load_hf_ppm(path: epath.PathLike, dtype=jnp.float32, mesh: jax.sharding.Mesh
             return np.zeros((1,), np.float32)
         return None
 
-    return _load(path, Qwen2PPM, dtype, compute_dtype, mesh, fill_missing=fill, head_init_std=head_init_std,
-                 head=head)
+    return _load(path, Qwen2PPM, dtype, compute_dtype, mesh, fill_missing=fill, files=files,
+                 head_init_std=head_init_std, head=head)
 
 
-def saved_ppm_head(path: epath.PathLike) -> str | None:
-    """The head of the PPM saved at `path` ("value" or "logprob"), or None for a policy checkpoint."""
-    if "v_head.weight" in TensorFiles(path):
+def saved_ppm_head(path: epath.PathLike, files: TensorFiles | None = None) -> str | None:
+    """The head of the PPM saved at `path` ("value" or "logprob"), or None for a policy checkpoint;
+    `files`: its tensor index when already open."""
+    if "v_head.weight" in (files if files is not None else TensorFiles(path)):
         return "value"
     return json.loads((epath.Path(path) / "config.json").read_text()).get("rstar_ppm_head")
 
