@@ -199,14 +199,16 @@ def test_compiles_stay_within_the_bucket_bound(small):
 def test_a_shrinking_batch_reuses_a_compiled_row_bucket_with_the_same_results(small):
     prompts = [[(5 * i + j) % (SMALL.vocab_size - 1) + 1 for i in range(11)] for j in range(8)]
     kw = dict(temperature=1.0, seeds=list(range(8)))
-    full = gen.Generator(small).generate(prompts, 7, **kw)  # 8 rows: compiles (or reuses) the 8-row bucket
+    full = gen.Generator(small).generate(prompts, 8, **kw)  # 8 rows: compiles (or reuses) the 8-row bucket
     before = len(gen.COMPILES)
-    few = gen.Generator(small).generate(prompts[:3], 7, temperature=1.0, seeds=list(range(3)))
-    assert len(gen.COMPILES) == before  # 3 rows run padded to 8 (<= ROW_REUSE x 4) instead of compiling 4
-    assert [c.tokens for c in few] == [c.tokens for c in full[:3]]
+    few = gen.Generator(small).generate(prompts[:6], 8, temperature=1.0, seeds=list(range(6)))
+    assert len(gen.COMPILES) == before  # 6 rows run padded to 8 (<= ROW_REUSE x 6) instead of compiling 6
+    assert [c.tokens for c in few] == [c.tokens for c in full[:6]]
     assert gen.row_bucket(1, ("fresh shape",)) == 1 and gen.row_bucket(1, ("fresh shape",)) == 1
-    assert gen.row_bucket(5, ("fresh shape",)) == 8 and gen.row_bucket(2, ("fresh shape",)) == 8  # 8 <= 4 x 2
-    assert gen.row_bucket(1, ("fresh shape",)) == 1  # 8 > 4 x 1: its own bucket
+    assert gen.row_bucket(5, ("fresh shape",)) == 6 and gen.row_bucket(4, ("fresh shape",)) == 6  # 6 <= 1.5 x 4
+    assert gen.row_bucket(3, ("fresh shape",)) == 3  # 6 > 1.5 x 3: its own bucket
+    assert [gen.row_grid(n) for n in (1, 2, 3, 4, 5, 6, 7, 9, 13, 17, 25, 33, 97)] == [1, 2, 3, 4, 6, 6, 8, 12, 16,
+                                                                                       24, 32, 48, 128]
 
 
 def test_mesh_generation_equals_single_device(small):
