@@ -174,8 +174,8 @@ def row_grid(n: int) -> int:
 def row_bucket(rows: int, shape: tuple, shards: int = 1) -> int:
     """Rows to pad a call to: the smallest row bucket already used with the same other shapes when it
     is at most ROW_REUSE times the call's own (`row_grid`), else a new one. Filler rows cost what live
-    ones do: padding to powers of two and reusing up to 4x made 39% of a demo search's decoded
-    row-steps filler; this grid and 1.5x reuse cut that to 17% and the search's decode time by 1.4x
+    ones do: padding to powers of two and reusing up to 4x made 37% of a demo search's decoded
+    row-steps filler; this grid and 1.5x reuse cut that to 17% and the search's decode time by 1.31x
     once compiled, at more programs to compile (~1 s each on CPU; benchmarks/bench_padding.py)."""
     own = -(-row_grid(rows) // shards) * shards
     used = _ROW_BUCKETS.setdefault(shape, set())
