@@ -55,11 +55,11 @@ class PPMScorer:
         if prefixes is not None and len(prefixes) != len(texts):
             raise ValueError(f"PPMScorer.score: {len(prefixes)} prefixes for {len(texts)} texts")
         if self.cache is None or prefixes is None:
-            return self._score_whole(ids, [self._start(p) for p in (prefixes or [None] * len(texts))])
+            return self._score_whole(ids, self._starts(prefixes or [None] * len(texts)))
         out = np.zeros(len(ids), np.float32)
         long = [i for i, r in enumerate(ids) if len(r) > self.max_len]
         if long:
-            out[long] = self._score_whole([ids[i] for i in long], [self._start(prefixes[i]) for i in long])
+            out[long] = self._score_whole([ids[i] for i in long], self._starts([prefixes[i] for i in long]))
         work = [(i, *self._split(ids[i], prefixes[i])) for i in range(len(ids)) if len(ids[i]) <= self.max_len]
         work.sort(key=lambda w: (w[1].length if w[1] is not None else 0) + len(w[2]))  # alike lengths share a batch
         for start in range(0, len(work), self.batch_size):
@@ -70,19 +70,24 @@ class PPMScorer:
                 self.cache.put(texts[i], ids[i], prefix.extend(tail) if prefix is not None else tail)
         return out
 
-    def _start(self, prefix: str | None) -> int:
-        """The token index a text's scored step starts at (a log-prob head's span; the value head reads
-        the last token whatever it is): its prefix's token count, or 1 without a prefix."""
-        return max(len(self.tokenizer.encode(prefix)), 1) if self.head == "logprob" and prefix is not None else 1
+    def _starts(self, prefixes: Sequence[str | None]) -> list[int]:
+        """Per text, the token index its scored step starts at (a log-prob head's span; the value head
+        reads the last token whatever it is): its prefix's token count, or 1 without a prefix. The
+        prefixes are tokenized in one batch."""
+        if self.head != "logprob":
+            return [1] * len(prefixes)
+        known = [p for p in prefixes if p is not None]
+        lengths = iter([len(r) for r in self.tokenizer.encode_batch(known)] if known else [])
+        return [max(next(lengths), 1) if p is not None else 1 for p in prefixes]
 
     def _split(self, ids: list[int], prefix: str | None) -> tuple[PrefixKV | None, list[int], int]:
         """(cached keys/values of `prefix`, the tokens run after them, where the step starts among those
-        tokens), or (None, all tokens, `_start(prefix)`) on a miss: only a miss tokenizes its prefix. A
+        tokens), or (None, all tokens, that start from `_starts`) on a miss: only a miss tokenizes its prefix. A
         log-prob head backs off one token on a hit: the prefix's last token runs again, its logits
         predicting the step's first token."""
         kv, new = self.cache.split(prefix, ids) if prefix is not None else (None, ids)
         if kv is None:
-            return None, list(ids), self._start(prefix)
+            return None, list(ids), self._starts([prefix])[0]
         if self.head == "logprob":
             return kv.first(kv.length - 1), list(ids[kv.length - 1:]), 1
         return kv, new, 1
