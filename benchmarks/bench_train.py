@@ -108,7 +108,8 @@ def jax_side(hf_dir: str, tokens, args, swap: tuple | None = None):
     state = [setup.state.params, setup.state.opt_state]
 
     def step():
-        state[0], state[1], metrics = setup.train_step(state[0], state[1], setup.state.rest, batch)
+        state[0], state[1], metrics = setup.train_step(state[0], state[1], setup.state.rest, batch,
+                                                         setup.learning_rates[0])
         jax.block_until_ready(metrics["loss"])
 
     if swap is None:

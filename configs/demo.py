@@ -97,4 +97,4 @@ def _small_training(cfg, *, lr: float, epochs: int) -> None:
     """Tiny-model training settings: short sequences, small batches, larger learning rate."""
     cfg.learning_rate, cfg.epochs = lr, epochs
     cfg.batch_size, cfg.seq_len = 16, 320
-    cfg.warmup_ratio, cfg.eval_fraction, cfg.log_every, cfg.checkpoint_every = 0.05, 0.05, 20, 50
+    cfg.warmup_ratio, cfg.eval_fraction, cfg.log_every, cfg.checkpoint_every = 0.05, 0.05, 20, 100

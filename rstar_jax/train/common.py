@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 from etils import epath
 from flax import nnx
@@ -20,12 +21,13 @@ from rstar_jax.train import optim, trainer
 
 @dataclasses.dataclass
 class Setup:
-    """A model ready to train: its state on the mesh and the jitted train/eval steps."""
+    """A model ready to train: its state on the mesh, the jitted train/eval steps and each step's rate."""
 
     state: trainer.TrainState
     train_step: Callable
     eval_step: Callable
     micro_rows: int
+    learning_rates: np.ndarray
 
 
 def batch_shards(mesh: jax.sharding.Mesh | None) -> int:
@@ -60,30 +62,45 @@ def data_shard(mesh: jax.sharding.Mesh | None) -> pipeline.Shard:
 
 def setup_training(model: nnx.Module, loss_fn: trainer.LossFn, cfg, num_steps: int,
                    mesh: jax.sharding.Mesh | None) -> Setup:
-    """Splits `model`, places it (and a fresh AdamW state) on `mesh`, and jits the steps with donation."""
+    """Splits `model`, places it (and a fresh AdamW state) on `mesh`, and finds or jits the steps (with donation)."""
     accum, micro = accumulation(cfg.batch_size, cfg.micro_batch_size, mesh)
-    optimizer, schedule = optim.make_optimizer(cfg, num_steps)
+    optimizer = optim.make_optimizer(cfg)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    step = trainer.make_train_step(graphdef, loss_fn, optimizer, schedule, accum)
-    eval_step = trainer.make_eval_step(graphdef, loss_fn)
     if mesh is None:
         opt_state = optimizer.init(params)
-        train_step = jax.jit(step, donate_argnums=(0, 1))
-        eval_jit = jax.jit(eval_step)
     else:
         param_sh = sharding.state_shardings(params, mesh)
-        rest_sh = sharding.state_shardings(rest, mesh)
-        params = jax.device_put(params, param_sh)
-        rest = jax.device_put(rest, rest_sh)
+        params, rest = jax.device_put(params, param_sh), jax.device_put(rest, sharding.state_shardings(rest, mesh))
         opt_sh = trainer.opt_state_shardings(optimizer, params, param_sh, mesh)
         opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(params)
-        batch_sh = trainer.batch_sharding(mesh)
-        replicated = NamedSharding(mesh, P())
-        train_step = jax.jit(step, donate_argnums=(0, 1), in_shardings=(param_sh, opt_sh, rest_sh, batch_sh),
-                             out_shardings=(param_sh, opt_sh, replicated))
-        eval_jit = jax.jit(eval_step, in_shardings=(param_sh, rest_sh, batch_sh), out_shardings=replicated)
+    key = (graphdef, loss_fn, optimizer, accum, mesh)
+    if key not in _STEPS:  # shardings follow from the key, so any params of this graph serve to build them
+        _STEPS[key] = _jit_steps(graphdef, loss_fn, optimizer, accum, mesh, params, rest)
+    train_step, eval_step = _STEPS[key]
     state = trainer.TrainState(graphdef, params, rest, opt_state, 0)
-    return Setup(state, _log_first_call(train_step, "train step"), _log_first_call(eval_jit, "eval step"), micro)
+    return Setup(state, _log_first_call(train_step, "train step"), _log_first_call(eval_step, "eval step"), micro,
+                 optim.learning_rates(cfg, num_steps))
+
+
+# Jitted (train, eval) steps by (graphdef, loss_fn, optimizer, accum, mesh): later stages of a process (the
+# rounds, the control) reuse the compiled programs of earlier ones.
+_STEPS: dict[tuple, tuple[Callable, Callable]] = {}
+
+
+def _jit_steps(graphdef, loss_fn: trainer.LossFn, optimizer, accum: int, mesh, params, rest) -> tuple[Callable, Callable]:
+    step = trainer.make_train_step(graphdef, loss_fn, optimizer, accum)
+    eval_step = trainer.make_eval_step(graphdef, loss_fn)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(0, 1)), jax.jit(eval_step)
+    param_sh = sharding.state_shardings(params, mesh)
+    rest_sh = sharding.state_shardings(rest, mesh)
+    opt_sh = trainer.opt_state_shardings(optimizer, params, param_sh, mesh)
+    batch_sh = trainer.batch_sharding(mesh)
+    replicated = NamedSharding(mesh, P())
+    train_jit = jax.jit(step, donate_argnums=(0, 1), in_shardings=(param_sh, opt_sh, rest_sh, batch_sh, replicated),
+                        out_shardings=(param_sh, opt_sh, replicated))
+    eval_jit = jax.jit(eval_step, in_shardings=(param_sh, rest_sh, batch_sh), out_shardings=replicated)
+    return train_jit, eval_jit
 
 
 def _log_first_call(fn: Callable, name: str) -> Callable:
@@ -96,7 +113,8 @@ def _log_first_call(fn: Callable, name: str) -> Callable:
         t0 = time.perf_counter()
         out = jax.block_until_ready(fn(*args))
         first[0] = False
-        logging.info("%s: first call (compile included) %.1fs", name, time.perf_counter() - t0)
+        logging.info("%s: first call %.1fs (with its compile, unless an earlier stage compiled it)", name,
+                     time.perf_counter() - t0)
         return out
 
     return call

@@ -79,7 +79,8 @@ def train_ppm(model: nnx.Module, tokenizer, pairs: Sequence[PPMPair], cfg, workd
         eval_fn = held_out
 
     state, history, last_eval = trainer.fit(
-        setup.state, step_fn=setup.train_step, mesh=mesh, workdir=workdir, eval_fn=eval_fn, on_step=on_step,
+        setup.state, step_fn=setup.train_step, learning_rates=setup.learning_rates, mesh=mesh, workdir=workdir,
+        eval_fn=eval_fn, on_step=on_step,
         data=lambda: iter(pipeline.ppm_dataset(tokd, rows=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
                                                shard=shard, prefetch=cfg.prefetch, min_width=cfg.min_width)),
         loop=common.loop_config(cfg, num_steps, "ppm"))

@@ -82,7 +82,8 @@ def train_sft(model: nnx.Module, tokenizer, examples: Sequence[SFTExample], cfg,
         eval_fn = held_out
 
     state, history, last_eval = trainer.fit(
-        setup.state, step_fn=setup.train_step, mesh=mesh, workdir=workdir, eval_fn=eval_fn, on_step=on_step,
+        setup.state, step_fn=setup.train_step, learning_rates=setup.learning_rates, mesh=mesh, workdir=workdir,
+        eval_fn=eval_fn, on_step=on_step,
         data=lambda: iter(data(tokd, epochs, True, cfg.batch_size, shard, cfg.prefetch)),
         loop=common.loop_config(cfg, num_steps, "sft"))
     summary = common.summarize(history, last_eval, time.perf_counter() - t0)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from rstar_jax import sharding
 from rstar_jax.io import atomic_write_text
+from rstar_jax.train import optim
 
 LossFn = Callable[[nnx.Module, dict[str, jax.Array]], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
 
@@ -74,18 +75,18 @@ def summed_grads(graphdef, loss_fn: LossFn, params, rest, batch, accum: int):
     return grads, loss_sum, weight_sum, sums
 
 
-def make_train_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    accum: int) -> Callable:
-    """The pure step (params, opt_state, rest, batch) -> (params, opt_state, metrics)."""
+def make_train_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformation, accum: int) -> Callable:
+    """The pure step (params, opt_state, rest, batch, learning_rate) -> (params, opt_state, metrics);
+    `optimizer` comes from `optim.make_optimizer`, whose rate is this step's input."""
 
-    def step(params, opt_state, rest, batch):
+    def step(params, opt_state, rest, batch, learning_rate):
         grads, loss_sum, weight_sum, sums = summed_grads(graphdef, loss_fn, params, rest, batch, accum)
         denom = jnp.where(weight_sum > 0, weight_sum, 1.0)
         grads = jax.tree.map(lambda g: g / denom.astype(g.dtype), grads)
-        count = optax.tree_utils.tree_get_all_with_path(opt_state, "count")[0][1]  # updates done so far
+        opt_state = optim.with_learning_rate(opt_state, learning_rate)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads), "lr": schedule(count),
+        metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads), "lr": learning_rate,
                    "weight": weight_sum, **sums}
         return params, opt_state, metrics
 
@@ -214,11 +215,12 @@ class LoopConfig:
     desc: str
 
 
-def fit(state: TrainState, *, step_fn: Callable, data: Callable[[], Iterator], mesh: jax.sharding.Mesh | None,
-        loop: LoopConfig, workdir: epath.Path, eval_fn: Callable[[TrainState], dict[str, float]] | None = None,
+def fit(state: TrainState, *, step_fn: Callable, learning_rates: np.ndarray, data: Callable[[], Iterator],
+        mesh: jax.sharding.Mesh | None, loop: LoopConfig, workdir: epath.Path, eval_fn: Callable[[TrainState], dict[str, float]] | None = None,
         on_step: Callable[[int, dict], None] | None = None
         ) -> tuple[TrainState, list[dict[str, float]], dict[str, float]]:
-    """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (if any) to `loop.num_steps`.
+    """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (if any) to `loop.num_steps`,
+    step k at `learning_rates[k]`.
 
     `data()` returns a fresh grain iterator over this process's batches; its position is saved with
     every checkpoint and restored on resume, so an interrupted run continues on exactly the batches
@@ -245,7 +247,8 @@ def fit(state: TrainState, *, step_fn: Callable, data: Callable[[], Iterator], m
     try:
         while state.step < loop.num_steps:
             batch = to_global(next(it), mesh)
-            params, opt_state, metrics = step_fn(state.params, state.opt_state, state.rest, batch)
+            params, opt_state, metrics = step_fn(state.params, state.opt_state, state.rest, batch,
+                                             learning_rates[state.step])
             state = dataclasses.replace(state, params=params, opt_state=opt_state, step=state.step + 1)
             pending.append(metrics)
             last = state.step == loop.num_steps

@@ -1,4 +1,5 @@
 """Learning-rate schedules and the optimizer chain built from the train config."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -37,10 +38,24 @@ def test_no_warmup_starts_at_peak_and_bad_name_fails():
 
 def test_clipping_bounds_the_first_update():
     cfg = _cfg(learning_rate=1.0, warmup_ratio=0.0, schedule="constant", max_grad_norm=0.5, weight_decay=0.0)
-    opt, _ = optim.make_optimizer(cfg, 10)
+    opt = optim.make_optimizer(cfg)
     params = {"w": jnp.zeros(3)}
-    state = opt.init(params)
+    state = optim.with_learning_rate(opt.init(params), jnp.float32(1.0))
     # Adam's first step is ~lr * sign(g) whatever the scale, so check that clipping reached the moments
     _, state = opt.update({"w": jnp.array([30.0, 40.0, 0.0])}, state, params)
     mu = optax.tree_utils.tree_get(state, "mu")["w"]
     assert np.linalg.norm(np.asarray(mu)) == pytest.approx(0.1 * 0.5, rel=1e-5)  # (1 - b1) * clipped norm
+
+
+def test_rate_table_is_the_schedule_bit_for_bit():
+    cfg = _cfg(learning_rate=5e-3, warmup_ratio=0.05, schedule="cosine")
+    schedule = jax.jit(optim.learning_rate_schedule(cfg, 97))
+    table = optim.learning_rates(cfg, 97)
+    assert table.dtype == np.float32 and table.shape == (97,) and table[0] == 0.0
+    np.testing.assert_array_equal(table.view(np.uint32),
+                                  [np.float32(schedule(np.int32(k))).view(np.uint32) for k in range(97)])
+
+
+def test_equal_settings_share_one_optimizer_whatever_the_rate():
+    assert optim.make_optimizer(_cfg(learning_rate=1e-3)) is optim.make_optimizer(_cfg(learning_rate=5e-2))
+    assert optim.make_optimizer(_cfg(weight_decay=0.1)) is not optim.make_optimizer(_cfg(weight_decay=0.0))

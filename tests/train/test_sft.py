@@ -10,7 +10,7 @@ from rstar_jax.data import pipeline
 from rstar_jax.data.selection import SFTExample
 from rstar_jax.steps import build_prompt
 from rstar_jax.tokenizer import train_demo_tokenizer
-from rstar_jax.train import sft
+from rstar_jax.train import common, sft
 from tiny_models import TinyLM
 
 EXAMPLES = [SFTExample(f"What is {a} + {b}?", f"<code>\n# Step 1: add\nx = {a} + {b}\n<end_of_step>"
@@ -215,3 +215,19 @@ def test_min_steps_repeats_the_data_until_that_many_steps(tok, tmp_path):
     exact = _train(tok, tmp_path, "exact", epochs=1, min_steps=7, max_steps=7)
     assert exact[1]["steps"] == 7 and len(exact[2]) == 7  # one pass is one step here: 7 passes
     assert _train(tok, tmp_path, "more", epochs=2, min_steps=1)[1]["steps"] == 2  # never fewer than `epochs` give
+
+
+def test_a_later_stage_reuses_the_compiled_step_at_its_own_rate(tok, tmp_path):
+    """Stages differing in rate and length run one train-step program (the rate is an input, not a constant)."""
+    rates = {}
+
+    def run(name, lr, epochs):
+        seen = rates.setdefault(name, [])
+        _train(tok, tmp_path, name, learning_rate=lr, epochs=epochs, on_step=lambda s, m: seen.append(float(m["lr"])))
+
+    run("first", 3e-3, 2)
+    compiled = {key: jitted[0]._cache_size() for key, jitted in common._STEPS.items()}
+    run("second", 1e-3, 3)
+    assert {key: jitted[0]._cache_size() for key, jitted in common._STEPS.items()} == compiled
+    assert max(rates["first"]) == pytest.approx(3e-3) and max(rates["second"]) == pytest.approx(1e-3)
+    assert len(rates["second"]) > len(rates["first"])
