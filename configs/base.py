@@ -55,8 +55,11 @@ def train_config() -> config_dict.ConfigDict:
 def ppm_train_config() -> config_dict.ConfigDict:
     """PPM hyper-parameters (rstar_jax.train.ppm); the PPM starts from the SFT policy."""
     config = train_config()
-    config.seq_len = 1024  # question prompt + prefix steps + one step
-    config.min_width = 64  # a batch is cut to the power-of-two bucket >= its longest pair; 0 = always seq_len
+    config.seq_len = 1024  # one pair's row: question prompt + prefix steps + its two steps
+    config.min_width = 64  # a batch is cut to the power-of-two bucket >= its longest row; 0 = always seq_len
+    # Batches of like lengths: each shuffled pass is cut into runs of `group` batches sorted by row length
+    # (toy-world pairs range from ~60 to ~450 tokens, so a random batch of 16 is mostly padding); 0 = plain shuffle.
+    config.group = 16
     # "value" (the reference: Linear(hidden -> 1) on the last token) or "logprob" (the step reward is the
     # log-probability the PPM, an LM initialised from the policy, gives the step's tokens).
     config.head = "value"

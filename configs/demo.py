@@ -50,6 +50,7 @@ def get_config():
     # later run's round 4: 0.84 and 0.78 against 0.87 and 0.79 for two epochs, in half the PPM time (~90 s a demo).
     config.ppm_train.head = "logprob"
     _small_training(config.ppm_train, lr=6e-4, epochs=1)
+    config.ppm_train.seq_len = 448  # a pair is one row: prompt, then both steps (whole solutions: up to ~446 tokens)
     # The pool (192 + 256 drawn after train, so the base's corpus is the one it was tuned on; a train split
     # drawn after a 576-problem pool gave a base at 0.08) is searched every round: with 192 problems
     # (~100 verified solutions a round) dev-split greedy went 0.31 (base) -> 0.56 -> 0.51 over two rounds,

@@ -8,10 +8,12 @@ processes sees exactly the batches of a run on one, so loss curves match across 
 SFT text = `build_prompt(query)` + response + EOS, prompt and response tokenized apart so the loss
 mask boundary is exact; only response tokens and the EOS carry loss. Sequences are first-fit packed
 into rows of `seq_len`; `segment_ids` (0 = padding) and `positions` keep packed examples apart.
-PPM sequences are prompt + step, right-padded, with their true lengths (the PPM reads the score at
-the last real token); an over-long one keeps its last `seq_len` tokens, so the scored step survives.
-With `min_width`, each PPM batch is cut to the power-of-two bucket of its longest sequence (at most
-`seq_len`): pairs are mostly far shorter than the longest, and a few buckets cost a few compiles.
+A PPM pair is one row: prompt (the problem and the steps so far), positive step, negative step,
+right-padded, with the three lengths (`Qwen2PPM.pair_rewards` scores each step after the prompt alone);
+the prompt, most of a pair, is computed once instead of twice. An over-long pair keeps the end of its
+prompt, so both steps survive. With `min_width`, each PPM batch is cut to the power-of-two bucket of
+its longest row (at most `seq_len`): pairs are mostly far shorter than the longest, and a few buckets
+cost a few compiles.
 The iterators are grain DatasetIterators: `get_state()` / `set_state()` give the exact position,
 which the trainers checkpoint with the model.
 """
@@ -33,7 +35,7 @@ from rstar_jax.steps import build_prompt
 
 Batch = dict[str, np.ndarray]
 SFT_FIELDS = ("inputs", "targets", "weights", "segment_ids", "positions")
-PPM_FIELDS = ("pos_ids", "pos_len", "neg_ids", "neg_len", "weight")
+PPM_FIELDS = ("ids", "prefix_len", "pos_len", "neg_len", "weight")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,55 +131,76 @@ def sft_dataset(tokenized: list[dict[str, np.ndarray]], *, seq_len: int, rows: i
 
 
 def tokenize_ppm(tokenizer, pairs: Sequence[PPMPair], seq_len: int) -> list[dict[str, np.ndarray]]:
-    """Per pair: right-padded prompt+pos / prompt+neg ids with their lengths, where each step starts
-    (after the prompt's kept tokens), and the pair's loss weight."""
+    """Per pair: the right-padded row prompt + pos + neg (`ids`), the three lengths (`prefix_len`, `pos_len`,
+    `neg_len`) and the loss weight. A prompt too long for the row keeps its last tokens (at least one); a
+    pair whose two steps alone fill `seq_len` is dropped, with a warning."""
     prompts = tokenizer.encode_batch([p.prompt for p in pairs])
     pos = tokenizer.encode_batch([p.pos for p in pairs])
     neg = tokenizer.encode_batch([p.neg for p in pairs])
-    out, cut = [], 0
+    out, cut, dropped = [], 0, 0
     for pair, pr, a, b in zip(pairs, prompts, pos, neg):
-        pos_ids, pos_len, cut_a = _left_cut(pr + a, seq_len, tokenizer.pad_id)
-        neg_ids, neg_len, cut_b = _left_cut(pr + b, seq_len, tokenizer.pad_id)
-        cut += cut_a or cut_b
-        out.append({"pos_ids": pos_ids, "pos_len": np.int32(pos_len), "pos_start": np.int32(max(pos_len - len(a), 0)),
-                    "neg_ids": neg_ids, "neg_len": np.int32(neg_len), "neg_start": np.int32(max(neg_len - len(b), 0)),
-                    "weight": np.float32(pair.weight)})
+        room = seq_len - len(a) - len(b)
+        if room < 1 or not a or not b:
+            dropped += 1
+            continue
+        cut += len(pr) > room
+        prefix = pr[-room:] if pr else [tokenizer.pad_id]  # the first step token needs a token to follow
+        ids = np.full(seq_len, tokenizer.pad_id, dtype=np.int32)
+        row = prefix + a + b
+        ids[: len(row)] = row
+        out.append({"ids": ids, "prefix_len": np.int32(len(prefix)), "pos_len": np.int32(len(a)),
+                    "neg_len": np.int32(len(b)), "weight": np.float32(pair.weight)})
     if cut:
-        logging.warning("PPM tokenization: %d of %d pairs kept only their last %d tokens", cut, len(pairs), seq_len)
+        logging.warning("PPM tokenization: %d of %d pairs kept only the end of their prompt (seq_len %d)",
+                        cut, len(pairs), seq_len)
+    if dropped:
+        logging.warning("PPM tokenization: dropped %d of %d pairs whose steps are empty or fill seq_len %d",
+                        dropped, len(pairs), seq_len)
     return out
 
 
-def _left_cut(ids: list[int], seq_len: int, pad_id: int) -> tuple[np.ndarray, int, bool]:
-    cut = len(ids) > seq_len
-    ids = ids[-seq_len:]
-    arr = np.full(seq_len, pad_id, dtype=np.int32)
-    arr[: len(ids)] = ids
-    return arr, len(ids), cut
-
-
 def _finish_ppm_batch(batch: Batch, rows: int, shard: Shard, min_width: int) -> Batch:
-    """Pads a short last batch with zero-weight pairs of length 1, cuts the global batch's padding
-    columns to a bucket (`min_width` > 0; the same width on every process), keeps this process's rows."""
-    fills = {"pos_len": 1, "neg_len": 1}
+    """Pads a short last batch with zero-weight one-token pairs, cuts the global batch's padding columns
+    to a bucket (`min_width` > 0; the same width on every process), keeps this process's rows."""
+    fills = {"prefix_len": 1, "pos_len": 1, "neg_len": 1}
     if min_width:
-        longest = int(max(batch["pos_len"].max(), batch["neg_len"].max()))
-        width = min(batch["pos_ids"].shape[1], bucket(longest, min_width))
-        batch = {**batch, "pos_ids": batch["pos_ids"][:, :width], "neg_ids": batch["neg_ids"][:, :width]}
+        longest = int(np.max(batch["prefix_len"] + batch["pos_len"] + batch["neg_len"]))
+        batch = {**batch, "ids": batch["ids"][:, :min(batch["ids"].shape[1], bucket(longest, min_width))]}
     return {k: _pad_rows(v, rows, fills.get(k, 0))[shard.rows(rows)] for k, v in batch.items()}
 
 
 def ppm_dataset(tokenized: list[dict[str, np.ndarray]], *, rows: int, epochs: int, seed: int,
                 shard: Shard = Shard(), shuffle: bool = True, prefetch: int = 2,
-                min_width: int = 0) -> grain.IterDataset:
+                min_width: int = 0, group: int = 0) -> grain.IterDataset:
     """Batches of `rows` global pairs (this process's slice), `epochs` seeded passes, last batch padded;
-    `min_width` > 0 cuts each batch to the power-of-two bucket of its longest pair (0: always seq_len)."""
-    ds = grain.MapDataset.source(tokenized)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(epochs).batch(rows, drop_remainder=False).map(
-        lambda b: _finish_ppm_batch(b, rows, shard, min_width))
+    `min_width` > 0 cuts each batch to the power-of-two bucket of its longest row (0: always seq_len);
+    `group` > 0 draws batches of like lengths (`grouped_order`)."""
+    if shuffle and group:
+        lengths = np.array([t["prefix_len"] + t["pos_len"] + t["neg_len"] for t in tokenized])
+        order = grouped_order(lengths, rows, epochs, seed, group)
+        ds = grain.MapDataset.source(order).map(lambda i: tokenized[i])
+    else:
+        ds = grain.MapDataset.source(tokenized)
+        ds = (ds.shuffle(seed=seed) if shuffle else ds).repeat(epochs)
+    ds = ds.batch(rows, drop_remainder=False).map(lambda b: _finish_ppm_batch(b, rows, shard, min_width))
     ds = ds.to_iter_dataset()
     return ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch) if prefetch else ds
+
+
+def grouped_order(lengths: np.ndarray, rows: int, epochs: int, seed: int, group: int) -> np.ndarray:
+    """Item indices of `epochs` seeded shuffled passes, cut into runs of `group` batches of `rows`, each run
+    sorted by length: a batch then holds like lengths and its width bucket wastes little. A run's batches
+    come in a seeded random order; only the last run can end in a short batch, and it comes last."""
+    rng = np.random.default_rng(seed)
+    stream = np.concatenate([rng.permutation(len(lengths)) for _ in range(epochs)])
+    out = []
+    for start in range(0, len(stream), rows * group):
+        run = stream[start:start + rows * group]
+        run = run[np.argsort(lengths[run], kind="stable")]
+        full = len(run) // rows
+        out.extend(run[k * rows:(k + 1) * rows] for k in rng.permutation(full))
+        out.append(run[full * rows:])
+    return np.concatenate(out)
 
 
 def count_batches(ds: grain.IterDataset) -> int:

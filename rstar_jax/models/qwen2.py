@@ -193,12 +193,16 @@ class Qwen2Backbone(nnx.Module):
         return rms_norm(x, self.norm[...], cfg.rms_norm_eps), extra
 
     def hidden(self, cfg: Qwen2Config, ids: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-               dtype) -> jax.Array:
-        """Whole-sequence hidden states; token i sees tokens j <= i of its own segment (0 = padding)."""
+               dtype, branches: jax.Array | None = None) -> jax.Array:
+        """Whole-sequence hidden states; token i sees tokens j <= i of its own segment (0 = padding) and,
+        with `branches` [B, T], only of branch 0 (a shared prefix) or its own branch: several continuations
+        of one prefix in a row, each as if it followed the prefix alone (its positions restart there)."""
         t = ids.shape[1]
         causal = jnp.tril(jnp.ones((t, t), bool))[None]
         same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
         visible = causal & same
+        if branches is not None:
+            visible &= (branches[:, None, :] == 0) | (branches[:, None, :] == branches[:, :, None])
         h, _ = self.run(cfg, ids, positions, dtype, lambda i, q, k, v: (attend_causal(q, k, v, visible), None))
         return h
 
@@ -339,12 +343,40 @@ class Qwen2PPM(nnx.Module):
         h = self.model.hidden(self.config, input_ids, positions, segment_ids, self.dtype)
         return self._reward(h, input_ids, lengths, starts)
 
+    def pair_rewards(self, ids: jax.Array, prefix_len: jax.Array, pos_len: jax.Array,
+                     neg_len: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Raw rewards [B] of two steps after one prefix, from rows `ids` [B, T] = prefix, pos step, neg
+        step, right-padded (lengths [B] each; prefix_len >= 1): the prefix is computed once, not per step,
+        and each step scores as it would after the prefix alone (`__call__` on prefix + step)."""
+        t = ids.shape[1]
+        col = jnp.arange(t)[None]
+        p, a, n = prefix_len[:, None], pos_len[:, None], neg_len[:, None]
+        branches = jnp.where(col < p, 0, jnp.where(col < p + a, 1, 2))
+        positions = jnp.where(branches == 2, col - a, col).astype(jnp.int32)
+        segment_ids = (col < p + a + n).astype(jnp.int32)
+        h = self.model.hidden(self.config, ids, positions, segment_ids, self.dtype, branches)
+        if self.head == "value":
+            return self._value(h, prefix_len + pos_len - 1), self._value(h, prefix_len + pos_len + neg_len - 1)
+        logits = _logits(self, h)
+        tok = token_logprob(logits[:, :-1].astype(jnp.float32), ids[:, 1:])  # [B, T-1]: column c + 1 from c
+        c = col[:, :-1]
+        pos = jnp.sum(jnp.where((c >= p - 1) & (c < p + a - 1), tok, 0.0), axis=1)
+        # the neg step's first token follows the prefix's last (column p - 1), not the pos step's last
+        first = jnp.take_along_axis(logits, (prefix_len - 1)[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+        first_token = jnp.take_along_axis(ids, (prefix_len + pos_len)[:, None], axis=1)[:, 0]
+        neg = jnp.sum(jnp.where((c >= p + a) & (c < p + a + n - 1), tok, 0.0), axis=1)
+        return pos, neg + token_logprob(first, first_token)
+
     def _reward(self, h: jax.Array, ids: jax.Array, lengths: jax.Array, starts: jax.Array | None) -> jax.Array:
         """Raw rewards [B] from hidden states [B, T, hidden] of rows with `lengths` real tokens."""
         if self.head == "logprob":
             starts = jnp.ones_like(lengths) if starts is None else starts
             return span_logprob(_logits(self, h), ids, starts, lengths)
-        last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
+        return self._value(h, lengths - 1)
+
+    def _value(self, h: jax.Array, index: jax.Array) -> jax.Array:
+        """A value head's raw reward [B], read at column `index` [B] of hidden states [B, T, hidden]."""
+        last = jnp.take_along_axis(h, jnp.maximum(index, 0)[:, None, None], axis=1)[:, 0]
         w = self.v_head_w[...].astype(last.dtype)
         return (jnp.einsum("bd,do->bo", last, w, preferred_element_type=jnp.float32)[:, 0]
                 + self.v_head_b[...].astype(jnp.float32)[0])

@@ -1,7 +1,8 @@
 """Process preference model training: pairwise loss -log sigmoid(r_pos - r_neg), weighted 1/(n_pos*n_neg).
 
 The PPM scores prompt+step: a value head at its last real token, a log-prob head by the step tokens'
-log-probability (`rstar_jax.models.Qwen2PPM`). The batch loss is the weight-normalised mean
+log-probability (`rstar_jax.models.Qwen2PPM`); a pair's two steps share one row, after one copy of the
+prompt (`Qwen2PPM.pair_rewards`). The batch loss is the weight-normalised mean
 sum(w * l) / sum(w) (padding pairs have w = 0). Held-out pairwise accuracy counts the real pairs
 whose positive outscores the negative.
 Library use (the round loop): `train_ppm(model, tokenizer, pairs, cfg, workdir, mesh=...)`;
@@ -24,24 +25,15 @@ from rstar_jax.data.selection import PPMPair, read_ppm
 from rstar_jax.train import common, trainer
 
 
-def ppm_scores(model: nnx.Module, ids: jax.Array, lengths: jax.Array, starts: jax.Array) -> jax.Array:
-    """Raw rewards r of right-padded sequences: a value head's read at position lengths - 1, a log-prob
-    head's summed over the step's tokens [starts, lengths)."""
-    return model(ids, lengths=lengths, starts=starts)
-
-
 def ppm_loss(model: nnx.Module, batch: dict[str, jax.Array]):
     """Summed weighted pairwise loss, the weights' sum, and sums for accuracy and throughput."""
-    ids = jnp.concatenate([batch["pos_ids"], batch["neg_ids"]])
-    lengths = jnp.concatenate([batch["pos_len"], batch["neg_len"]])
-    starts = jnp.concatenate([batch["pos_start"], batch["neg_start"]])
-    r = ppm_scores(model, ids, lengths, starts).astype(jnp.float32)
-    n = batch["pos_ids"].shape[0]
-    margin = r[:n] - r[n:]
+    r_pos, r_neg = model.pair_rewards(batch["ids"], batch["prefix_len"], batch["pos_len"], batch["neg_len"])
+    margin = r_pos.astype(jnp.float32) - r_neg.astype(jnp.float32)
     w = batch["weight"]
     real = (w > 0).astype(jnp.float32)
+    row = batch["prefix_len"] + batch["pos_len"] + batch["neg_len"]
     sums = {"correct": jnp.sum(real * (margin > 0)), "pairs": jnp.sum(real),
-            "tokens": jnp.sum(lengths * jnp.concatenate([real, real])).astype(jnp.float32)}
+            "tokens": jnp.sum(row * real).astype(jnp.float32)}
     return jnp.sum(w * -jax.nn.log_sigmoid(margin)), jnp.sum(w), sums
 
 
@@ -82,7 +74,8 @@ def train_ppm(model: nnx.Module, tokenizer, pairs: Sequence[PPMPair], cfg, workd
         setup.state, step_fn=setup.train_step, learning_rates=setup.learning_rates, mesh=mesh, workdir=workdir,
         eval_fn=eval_fn, on_step=on_step,
         data=lambda: iter(pipeline.ppm_dataset(tokd, rows=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
-                                               shard=shard, prefetch=cfg.prefetch, min_width=cfg.min_width)),
+                                               shard=shard, prefetch=cfg.prefetch, min_width=cfg.min_width,
+                                               group=cfg.group)),
         loop=common.loop_config(cfg, num_steps, "ppm"))
     summary = common.summarize(history, last_eval, time.perf_counter() - t0)
     if history:

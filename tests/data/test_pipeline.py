@@ -118,49 +118,90 @@ def _pairs(n: int) -> list[PPMPair]:
                     f"y = {i} / 0\n<end_of_step>", 1 + i % 2, 2) for i in range(n)]
 
 
-def test_ppm_batches_lengths_weights_and_padding(tok):
+def _row(t: dict) -> tuple[list[int], list[int], list[int]]:
+    """A tokenized pair's row split into its prompt, pos step and neg step ids."""
+    p, a, n = int(t["prefix_len"]), int(t["pos_len"]), int(t["neg_len"])
+    ids = t["ids"].tolist()
+    return ids[:p], ids[p:p + a], ids[p + a:p + a + n]
+
+
+def test_ppm_rows_hold_prompt_then_both_steps_with_weights_and_padding(tok):
     pairs = _pairs(11)
     tokd = pl.tokenize_ppm(tok, pairs, seq_len=128)
     batches = _batches(pl.ppm_dataset(tokd, rows=4, epochs=2, seed=0))
     assert len(batches) == pl.ppm_num_batches(11, 4, 2) == 6
     for t, p in zip(tokd, pairs):
-        assert tok.decode(t["pos_ids"][: t["pos_len"]]) == p.prompt + p.pos
-        assert tok.decode(t["neg_ids"][t["neg_start"]: t["neg_len"]]) == p.neg  # the step a log-prob head scores
-        assert np.all(t["neg_ids"][t["neg_len"]:] == tok.pad_id)
+        prompt, pos, neg = _row(t)
+        assert (tok.decode(prompt), tok.decode(pos), tok.decode(neg)) == (p.prompt, p.pos, p.neg)
+        assert np.all(t["ids"][len(prompt) + len(pos) + len(neg):] == tok.pad_id)
         assert t["weight"] == pytest.approx(p.weight)
     weights = np.concatenate([b["weight"] for b in batches])
     assert weights.sum() == pytest.approx(2 * sum(p.weight for p in pairs))
-    assert np.all(weights[22:] == 0) and np.all(batches[-1]["pos_len"] >= 1)  # 24 slots, 22 real pairs
+    assert np.all(weights[22:] == 0) and np.all(batches[-1]["prefix_len"] >= 1)  # 24 slots, 22 real pairs
+    assert np.all(batches[-1]["pos_len"] >= 1) and np.all(batches[-1]["neg_len"] >= 1)
     parts = [_batches(pl.ppm_dataset(tokd, rows=4, epochs=2, seed=0, shard=pl.Shard(i, 2))) for i in range(2)]
     for w, a, b in zip(batches, *parts):
         assert all(np.array_equal(w[k], np.concatenate([a[k], b[k]])) for k in pl.PPM_FIELDS)
 
 
-def test_ppm_batches_cut_to_their_longest_pair_bucket(tok):
+def test_ppm_batches_cut_to_their_longest_row_bucket(tok):
     pairs = _pairs(5) + [PPMPair(build_prompt("long " * 40), "x = 1\n<end_of_step>", "x = 2\n<end_of_step>")]
     tokd = pl.tokenize_ppm(tok, pairs, seq_len=256)
     full = _batches(pl.ppm_dataset(tokd, rows=2, epochs=1, seed=3))
     cut = _batches(pl.ppm_dataset(tokd, rows=2, epochs=1, seed=3, min_width=16))
     widths = []
     for f, c in zip(full, cut, strict=True):
-        w = c["pos_ids"].shape[1]
+        w = c["ids"].shape[1]
         widths.append(w)
-        longest = max(f["pos_len"].max(), f["neg_len"].max())
-        assert w == max(16, 1 << int(longest - 1).bit_length()) and c["neg_ids"].shape[1] == w
-        assert all(np.array_equal(f[k][:, :w], c[k]) for k in ("pos_ids", "neg_ids"))
-        assert np.all(f["pos_ids"][:, w:] == tok.pad_id) and np.all(f["neg_ids"][:, w:] == tok.pad_id)
+        longest = (f["prefix_len"] + f["pos_len"] + f["neg_len"]).max()
+        assert w == max(16, 1 << int(longest - 1).bit_length())
+        assert np.array_equal(f["ids"][:, :w], c["ids"]) and np.all(f["ids"][:, w:] == tok.pad_id)
     assert len(set(widths)) == 2 and max(widths) <= 256  # the long pair's batch is wider than the others
     parts = [_batches(pl.ppm_dataset(tokd, rows=2, epochs=1, seed=3, min_width=16, shard=pl.Shard(i, 2)))
              for i in range(2)]
-    assert [b["pos_ids"].shape[1] for b in parts[0]] == [b["pos_ids"].shape[1] for b in parts[1]] == widths
+    assert [b["ids"].shape[1] for b in parts[0]] == [b["ids"].shape[1] for b in parts[1]] == widths
 
 
-def test_ppm_long_sequences_keep_their_last_tokens(tok):
+def test_ppm_long_rows_keep_the_end_of_the_prompt_and_both_steps(tok):
     pair = _pairs(1)[0]
-    full = tok.encode(pair.prompt) + tok.encode(pair.pos)
-    t = pl.tokenize_ppm(tok, [pair], seq_len=10)[0]
-    assert t["pos_len"] == 10 and list(t["pos_ids"]) == full[-10:]
-    assert t["pos_start"] == max(10 - len(tok.encode(pair.pos)), 0)
+    pos, neg = tok.encode(pair.pos), tok.encode(pair.neg)
+    seq_len = len(pos) + len(neg) + 3
+    prompt, got_pos, got_neg = _row(pl.tokenize_ppm(tok, [pair], seq_len=seq_len)[0])
+    assert prompt == tok.encode(pair.prompt)[-3:] and (got_pos, got_neg) == (pos, neg)
+    assert pl.tokenize_ppm(tok, [pair], seq_len=len(pos) + len(neg)) == []  # no room for a prompt token
+
+
+def test_grouped_order_covers_every_pass_in_batches_of_like_lengths():
+    lengths = np.random.default_rng(0).integers(20, 400, size=203)
+    order = pl.grouped_order(lengths, rows=8, epochs=2, seed=4, group=4)
+    assert sorted(order.tolist()) == sorted(list(range(203)) * 2)  # each item once per pass
+    assert np.array_equal(order, pl.grouped_order(lengths, rows=8, epochs=2, seed=4, group=4))
+    batches = [order[i:i + 8] for i in range(0, len(order), 8)]
+    assert len(batches) == pl.ppm_num_batches(203, 8, 2) and all(len(b) == 8 for b in batches[:-1])
+    # a run of 4 batches is sorted by length, so a batch spans a quarter of its run's lengths; a random
+    # batch of 8 spans most of [20, 400)
+    spread = np.median([np.ptp(lengths[b]) for b in batches])
+    plain = np.median([np.ptp(lengths[b]) for b in np.random.default_rng(1).permutation(203)[:200].reshape(-1, 8)])
+    assert spread < plain / 2
+
+
+def test_grouped_ppm_batches_resume_exactly_and_hold_every_pair(tok):
+    pairs = _pairs(11) + [PPMPair(build_prompt("long " * (5 * i)), "x = 1\n<end_of_step>", "x = 2\n<end_of_step>")
+                          for i in range(1, 10)]
+    tokd = pl.tokenize_ppm(tok, pairs, seq_len=256)
+    make = lambda: pl.ppm_dataset(tokd, rows=4, epochs=2, seed=5, min_width=16, group=2)  # noqa: E731
+    full = _batches(make())
+    assert len(full) == pl.ppm_num_batches(20, 4, 2)
+    real = lambda t: tuple(t["ids"][:t["prefix_len"] + t["pos_len"] + t["neg_len"]])  # noqa: E731
+    got = collections.Counter(real({k: b[k][i] for k in b}) for b in full for i in np.flatnonzero(b["weight"]))
+    assert got == collections.Counter({real(t): 2 for t in tokd})  # every pair once per pass
+    it = iter(make())
+    for _ in range(3):
+        next(it)
+    resumed = iter(make())
+    resumed.set_state(it.get_state())
+    rest = _batches(resumed)
+    assert len(rest) == len(full) - 3 and all(np.array_equal(a[k], b[k]) for a, b in zip(full[3:], rest) for k in a)
 
 
 def test_split_holdout_is_seeded_and_disjoint():

@@ -51,34 +51,43 @@ def test_ppm_stage_learns_a_synthetic_preference(tmp_path, head):
     summary = ppm.run(config, str(tmp_path / "run"))
     assert summary["eval_accuracy"] >= 0.95
     assert summary["final_loss"] < 0.1 < summary["first_loss"]
-    # the exported PPM keeps its trained head and ranks unseen pairs the same way
+    # the exported PPM keeps its trained head and ranks unseen pairs the same way, scoring each step alone
     exported = load_hf_ppm(tmp_path / "run" / "export")
     assert exported.head == head
-    fresh = pipeline.tokenize_ppm(tok, _pairs(20, seed=1), 96)
-    rows = lambda side, key: jnp.asarray(np.stack([t[f"{side}_{key}"] for t in fresh]))  # noqa: E731
-    score = lambda side: exported(rows(side, "ids"), rows(side, "len"), rows(side, "start"))  # noqa: E731
+    score = lambda side: exported(*_alone(tok, _pairs(20, seed=1), side))  # noqa: E731
     assert float(jnp.mean(score("pos") > score("neg"))) >= 0.95
 
 
-def test_pairwise_loss_weights_and_accuracy():
-    class Fixed:  # scores are the first token id: the loss is a known function of them
-        def __call__(self, ids, lengths, starts):
-            return ids[:, 0].astype(jnp.float32)
+def _alone(tok, pairs, side: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Right-padded prompt + step rows of one side of `pairs`, their lengths and where each step starts."""
+    rows = [(tok.encode(p.prompt), tok.encode(getattr(p, side))) for p in pairs]
+    width = max(len(a) + len(b) for a, b in rows)
+    ids = np.full((len(rows), width), tok.pad_id, np.int32)
+    for i, (a, b) in enumerate(rows):
+        ids[i, : len(a) + len(b)] = a + b
+    return (jnp.asarray(ids), jnp.asarray([len(a) + len(b) for a, b in rows], jnp.int32),
+            jnp.asarray([len(a) for a, _ in rows], jnp.int32))
 
-    batch = {"pos_ids": jnp.array([[3, 0], [1, 0], [5, 0]]), "neg_ids": jnp.array([[1, 0], [2, 0], [0, 0]]),
-             "pos_len": jnp.array([1, 1, 1]), "neg_len": jnp.array([2, 1, 1]),
-             "pos_start": jnp.array([0, 0, 0]), "neg_start": jnp.array([0, 0, 0]),
+
+def test_pairwise_loss_weights_and_accuracy():
+    class Fixed:  # rewards are the row's first two ids: the loss is a known function of them
+        def pair_rewards(self, ids, prefix_len, pos_len, neg_len):
+            return ids[:, 0].astype(jnp.float32), ids[:, 1].astype(jnp.float32)
+
+    batch = {"ids": jnp.array([[3, 1, 0], [1, 2, 0], [5, 0, 0]]), "prefix_len": jnp.array([1, 1, 1]),
+             "pos_len": jnp.array([1, 1, 1]), "neg_len": jnp.array([1, 1, 1]),
              "weight": jnp.array([0.5, 0.25, 0.0])}  # the last pair is padding
     loss_sum, weight_sum, sums = ppm.ppm_loss(Fixed(), batch)
     want = 0.5 * -np.log(jax.nn.sigmoid(2.0)) + 0.25 * -np.log(jax.nn.sigmoid(-1.0))
     assert float(loss_sum) == pytest.approx(want, rel=1e-6)
     assert float(weight_sum) == 0.75
-    assert (float(sums["correct"]), float(sums["pairs"]), float(sums["tokens"])) == (1.0, 2.0, 5.0)
+    assert (float(sums["correct"]), float(sums["pairs"]), float(sums["tokens"])) == (1.0, 2.0, 6.0)
 
 
 @pytest.mark.parametrize("head", ["value", "logprob"])
-def test_scores_ignore_the_padding_a_cut_batch_drops(head):
-    """The pipeline cuts PPM batches to a bucket of their longest pair: right padding must not move a score."""
+def test_shared_rows_score_each_step_as_if_alone_and_ignore_cut_padding(head):
+    """A pair's row (prompt once, then both steps) gives each step the reward the PPM gives prompt + step
+    alone, however the pipeline cut the batch's padding."""
     from rstar_jax.data import pipeline
     from rstar_jax.models import Qwen2Config, init_model
 
@@ -87,12 +96,13 @@ def test_scores_ignore_the_padding_a_cut_batch_drops(head):
     cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
     model = init_model(cfg, seed=0, ppm=True, head_init_std=0.5, ppm_head=head)
-    full = next(iter(pipeline.ppm_dataset(pipeline.tokenize_ppm(tok, pairs, 256), rows=6, epochs=1, seed=0)))
-    cut = next(iter(pipeline.ppm_dataset(pipeline.tokenize_ppm(tok, pairs, 256), rows=6, epochs=1, seed=0,
-                                         min_width=16)))
-    assert cut["pos_ids"].shape[1] < 256
-    for side in ("pos", "neg"):
-        a, b = (ppm.ppm_scores(model, *(jnp.asarray(batch[f"{side}_{k}"]) for k in ("ids", "len", "start")))
-                for batch in (full, cut))
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-        assert np.ptp(np.asarray(a)) > 1e-3  # the scores differ by pair, so a misread position would show
+    tokd = pipeline.tokenize_ppm(tok, pairs, 256)
+    full, cut = (next(iter(pipeline.ppm_dataset(tokd, rows=6, epochs=1, seed=0, shuffle=False, min_width=w)))
+                 for w in (0, 16))
+    assert cut["ids"].shape[1] < 256
+    for batch in (full, cut):
+        got = model.pair_rewards(*(jnp.asarray(batch[k]) for k in ("ids", "prefix_len", "pos_len", "neg_len")))
+        for side, reward in zip(("pos", "neg"), got):
+            alone = model(*_alone(tok, pairs, side))
+            np.testing.assert_allclose(np.asarray(reward), np.asarray(alone), rtol=1e-5, atol=1e-5)
+            assert np.ptp(np.asarray(alone)) > 1e-3  # the rewards differ by pair, so a misread position would show
