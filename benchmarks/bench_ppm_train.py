@@ -1,15 +1,14 @@
-"""PPM training: a pair as one row (prompt once, then both steps) in batches of like lengths vs two rows
-(prompt + each step) in random batches, the formulation it replaced.
+"""PPM training: a pair as one row (prompt once, then both steps) in batches of like lengths, what
+`train_ppm` runs, vs two rows (prompt + each step) in random batches, the formulation it replaced.
 
 Every side runs the same jitted train step (`common.setup_training`, AdamW) over one epoch of the same
 pairs: step pairs and final-answer pairs built from toy-world teacher solutions, so the lengths are the
 demo's. "two rows": random batches, each re-laid as prompt+pos and prompt+neg rows cut to the bucket of
 their longest (`min_width`) and scored by `Qwen2PPM.__call__`. "one row": the same batches as shared
-rows (`ppm.ppm_loss`, `Qwen2PPM.pair_rewards`); their first-step losses must agree. "one row, grouped":
-what `train_ppm` runs, batches drawn by `pipeline.grouped_order` (`--group`); "two rows, grouped" the same
-batches re-laid as two rows. One warm-up epoch per side
-compiles its widths; then `--repeats` timed epochs, alternating; the table shows median seconds and
-pairs/s. Last line: `ppm train ratio: X` (two rows over one row, grouped).
+rows (`ppm.ppm_loss`, `Qwen2PPM.pair_rewards`); their first-step losses must agree. "... grouped": batches
+drawn by `pipeline.grouped_order` (`--group`, `ppm_train.group`), as two rows and as one row. One warm-up
+epoch per side compiles its widths; then `--repeats` timed epochs, alternating; the table shows median
+seconds and pairs/s. Last line: `ppm train ratio: X` (two rows over one row, grouped).
 
     .venv/bin/python benchmarks/bench_ppm_train.py [--pairs 400 --seq 448 --repeats 3]
 """

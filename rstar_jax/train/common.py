@@ -87,7 +87,8 @@ def setup_training(model: nnx.Module, loss_fn: trainer.LossFn, cfg, num_steps: i
 _STEPS: dict[tuple, tuple[Callable, Callable]] = {}
 
 
-def _jit_steps(graphdef, loss_fn: trainer.LossFn, optimizer, accum: int, mesh, params, rest) -> tuple[Callable, Callable]:
+def _jit_steps(graphdef, loss_fn: trainer.LossFn, optimizer, accum: int, mesh, params,
+               rest) -> tuple[Callable, Callable]:
     step = trainer.make_train_step(graphdef, loss_fn, optimizer, accum)
     eval_step = trainer.make_eval_step(graphdef, loss_fn)
     if mesh is None:

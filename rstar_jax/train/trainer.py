@@ -216,7 +216,8 @@ class LoopConfig:
 
 
 def fit(state: TrainState, *, step_fn: Callable, learning_rates: np.ndarray, data: Callable[[], Iterator],
-        mesh: jax.sharding.Mesh | None, loop: LoopConfig, workdir: epath.Path, eval_fn: Callable[[TrainState], dict[str, float]] | None = None,
+        mesh: jax.sharding.Mesh | None, loop: LoopConfig, workdir: epath.Path,
+        eval_fn: Callable[[TrainState], dict[str, float]] | None = None,
         on_step: Callable[[int, dict], None] | None = None
         ) -> tuple[TrainState, list[dict[str, float]], dict[str, float]]:
     """Runs `step_fn` from the latest checkpoint in `workdir/checkpoints` (if any) to `loop.num_steps`,
