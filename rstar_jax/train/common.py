@@ -66,16 +66,17 @@ def setup_training(model: nnx.Module, loss_fn: trainer.LossFn, cfg, num_steps: i
     accum, micro = accumulation(cfg.batch_size, cfg.micro_batch_size, mesh)
     optimizer = optim.make_optimizer(cfg)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    shardings = None
     if mesh is None:
         opt_state = optimizer.init(params)
     else:
-        param_sh = sharding.state_shardings(params, mesh)
-        params, rest = jax.device_put(params, param_sh), jax.device_put(rest, sharding.state_shardings(rest, mesh))
-        opt_sh = trainer.opt_state_shardings(optimizer, params, param_sh, mesh)
-        opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(params)
+        param_sh, rest_sh = sharding.state_shardings(params, mesh), sharding.state_shardings(rest, mesh)
+        params, rest = jax.device_put(params, param_sh), jax.device_put(rest, rest_sh)
+        shardings = (param_sh, trainer.opt_state_shardings(optimizer, params, param_sh, mesh), rest_sh)
+        opt_state = jax.jit(optimizer.init, out_shardings=shardings[1])(params)
     key = (graphdef, loss_fn, optimizer, accum, mesh)
-    if key not in _STEPS:  # shardings follow from the key, so any params of this graph serve to build them
-        _STEPS[key] = _jit_steps(graphdef, loss_fn, optimizer, accum, mesh, params, rest)
+    if key not in _STEPS:  # the shardings follow from the key, so this stage's serve every later one
+        _STEPS[key] = _jit_steps(graphdef, loss_fn, optimizer, accum, mesh, shardings)
     train_step, eval_step = _STEPS[key]
     state = trainer.TrainState(graphdef, params, rest, opt_state, 0)
     return Setup(state, _log_first_call(train_step, "train step"), _log_first_call(eval_step, "eval step"), micro,
@@ -87,15 +88,14 @@ def setup_training(model: nnx.Module, loss_fn: trainer.LossFn, cfg, num_steps: i
 _STEPS: dict[tuple, tuple[Callable, Callable]] = {}
 
 
-def _jit_steps(graphdef, loss_fn: trainer.LossFn, optimizer, accum: int, mesh, params,
-               rest) -> tuple[Callable, Callable]:
+def _jit_steps(graphdef, loss_fn: trainer.LossFn, optimizer, accum: int, mesh,
+               shardings: tuple | None) -> tuple[Callable, Callable]:
+    """The jitted (train, eval) steps; on a mesh, `shardings` = (params, optimizer state, rest)."""
     step = trainer.make_train_step(graphdef, loss_fn, optimizer, accum)
     eval_step = trainer.make_eval_step(graphdef, loss_fn)
     if mesh is None:
         return jax.jit(step, donate_argnums=(0, 1)), jax.jit(eval_step)
-    param_sh = sharding.state_shardings(params, mesh)
-    rest_sh = sharding.state_shardings(rest, mesh)
-    opt_sh = trainer.opt_state_shardings(optimizer, params, param_sh, mesh)
+    param_sh, opt_sh, rest_sh = shardings
     batch_sh = trainer.batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
     train_jit = jax.jit(step, donate_argnums=(0, 1), in_shardings=(param_sh, opt_sh, rest_sh, batch_sh, replicated),
