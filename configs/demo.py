@@ -80,7 +80,8 @@ def get_config():
     # (0.79), MCTS + PPM 0.66 (0.51). Its PPM retrained 3 epochs rather than 1: MCTS + PPM 0.65, and 0.74
     # with each run's terminal picked by its path's lowest step score (0.70 by the mean).
     config.eval.samples, config.eval.temperature, config.eval.top_p, config.eval.max_tokens = 4, 0.3, 1.0, 256
-    # A log-prob PPM's path score is the path's probability under it ("prod"); a value head's was best by "min".
+    # A log-prob PPM's path score is the product of its steps' per-token probabilities ("prod"); a value head's
+    # was best by "min".
     # Four runs and a top-4 vote, as the reference: on the dev split (200 problems, a run's round-4 checkpoints
     # with the log-prob PPM; greedy 0.765), MCTS + PPM 0.78 against 0.75 with 2 runs and a top-2 vote (8 runs:
     # 0.775; 4 runs at temperature 0.6: 0.75, at 1.0: 0.71). At 0.3 most steps have one distinct candidate,

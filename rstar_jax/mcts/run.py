@@ -88,7 +88,7 @@ def path_score(scores: Sequence[float | None], how: str) -> float:
     """One score for a path from the PPM step scores along it (root to answer; unscored steps, None, are
     skipped): the answer step's own ("last", the reference), the lowest ("min": a path is as good as its
     weakest step), or the log of the product of (1 + s) / 2 ("prod": each step's score read as the
-    chance it is right; for a log-prob PPM that is the path's probability)."""
+    chance it is right; for a log-prob PPM, the product of its steps' per-token probabilities)."""
     got = [float(s) for s in scores if s is not None]
     if how == "last":
         return got[-1]

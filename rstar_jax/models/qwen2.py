@@ -284,10 +284,14 @@ class Qwen2ForCausalLM(nnx.Module):
 PPM_HEADS = ("value", "logprob")
 
 
-def step_score(raw: jax.Array, head: str = "value") -> jax.Array:
+def step_score(raw: jax.Array, head: str = "value", tokens: jax.Array | None = None) -> jax.Array:
     """PPM step score used at inference, in (-1, 1]: tanh(r / 5) of a value head's reward (the
-    reference), 2 p - 1 of a log-prob head's step probability p = exp(r)."""
-    return jnp.tanh(raw / 5.0) if head == "value" else 2.0 * jnp.exp(raw) - 1.0
+    reference); 2 p - 1 of a log-prob head's per-token probability p = exp(r / tokens), the geometric
+    mean over the step's `tokens`. The whole step's probability exp(r) of a ~30-token step rounded
+    2 p - 1 to -1 in float32 for most steps of a demo run's later PPMs, so paths and candidates tied."""
+    if head == "value":
+        return jnp.tanh(raw / 5.0)
+    return 2.0 * jnp.exp(raw / jnp.maximum(tokens, 1)) - 1.0
 
 
 def token_logprob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -384,7 +388,10 @@ class Qwen2PPM(nnx.Module):
     def scores(self, input_ids: jax.Array, lengths: jax.Array | None = None,
                starts: jax.Array | None = None) -> jax.Array:
         """Step scores in (-1, 1] (`step_score`)."""
-        return step_score(self(input_ids, lengths, starts), self.head)
+        b, t = input_ids.shape
+        lengths = jnp.full((b,), t, jnp.int32) if lengths is None else lengths
+        starts = jnp.ones_like(lengths) if starts is None else starts
+        return step_score(self(input_ids, lengths, starts), self.head, lengths - starts)
 
     def scores_cached(self, input_ids: jax.Array, positions: jax.Array, cache: KVCache,
                       index: jax.Array, starts: jax.Array) -> tuple[jax.Array, KVCache]:
@@ -392,5 +399,5 @@ class Qwen2PPM(nnx.Module):
         `positions` (-1 = right padding) are written at slot `index`; a log-prob head scores the new
         tokens from column `starts` [B] on. Returns the scores [B] and the cache."""
         h, cache = self.model.hidden_cached(self.config, input_ids, positions, cache, index, self.dtype)
-        raw = self._reward(h, input_ids, jnp.sum(positions >= 0, axis=1), starts)
-        return step_score(raw, self.head), cache
+        lengths = jnp.sum(positions >= 0, axis=1)
+        return step_score(self._reward(h, input_ids, lengths, starts), self.head, lengths - starts), cache

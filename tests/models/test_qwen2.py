@@ -171,7 +171,10 @@ def test_logprob_ppm_scores_a_step_by_its_tokens_log_probability(tied):
     want = [sum(logp[b, t - 1, int(ids[b, t])] for t in range(int(starts[b]), int(lengths[b]))) for b in range(2)]
     r = jit_call(ppm, ids, lengths=lengths, starts=starts)
     np.testing.assert_allclose(r, want, atol=1e-4)
-    np.testing.assert_allclose(step_score(r, "logprob"), 2 * np.exp(np.asarray(r)) - 1, atol=1e-6)
+    # the score is 2 p - 1 of the per-token probability: a whole step's would round to -1 in float32
+    np.testing.assert_allclose(nnx.jit(lambda m, i, n, s: m.scores(i, n, s))(ppm, ids, lengths, starts),
+                               2 * np.exp(np.asarray(want) / np.asarray([2, 2])) - 1, atol=1e-5)
+    assert float(step_score(jnp.asarray(-40.0), "logprob", jnp.asarray(30))) > -0.75
     # Cached, as the scorer runs a step after a cached prefix: token 0 in the cache, then token 1 (the
     # prefix's last, re-run for its logits) and the step from column 1 on.
     run = nnx.jit(lambda m, i, p, c, at: m.scores_cached(i, p, c, at, jnp.ones(2, jnp.int32)))
@@ -179,7 +182,7 @@ def test_logprob_ppm_scores_a_step_by_its_tokens_log_probability(tied):
     positions = jnp.where(jnp.arange(1, 6)[None] < lengths[:, None], jnp.arange(1, 6)[None], -1)
     got, _ = run(ppm, ids[:, 1:], positions, cache, 1)
     whole = jit_call(ppm, ids, lengths=lengths, starts=jnp.asarray([2, 2]))
-    np.testing.assert_allclose(got, step_score(whole, "logprob"), atol=1e-5)
+    np.testing.assert_allclose(got, step_score(whole, "logprob", lengths - 2), atol=1e-5)
 
 
 def test_config_rejects_math_we_do_not_implement():
