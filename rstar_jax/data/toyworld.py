@@ -46,8 +46,9 @@ class Phrasing:
 
 
 # Per operation, its phrasings; index = phrasing id. The first of each is majority-wrong, by a small
-# margin: greedy decoding inherits the mistake, while sampling writes the right line almost half the
-# time, so a search from the base finds it and a few hundred verified solutions can flip it.
+# margin at noise 1: greedy decoding inherits the mistake, while sampling writes the right line almost
+# half the time, so a search from the base finds it and a few hundred verified solutions can flip it.
+# The demo runs at noise 1.45 (13-20% right), where each round's search finds more of them.
 PHRASINGS: dict[str, tuple[Phrasing, ...]] = {
     "add": (
         Phrasing("gets {n} from a friend", "-", 0.55),
