@@ -291,6 +291,8 @@ def step_score(raw: jax.Array, head: str = "value", tokens: jax.Array | None = N
     2 p - 1 to -1 in float32 for most steps of a demo run's later PPMs, so paths and candidates tied."""
     if head == "value":
         return jnp.tanh(raw / 5.0)
+    if tokens is None:
+        raise ValueError("step_score: a log-prob head's score needs the step's token counts (`tokens`)")
     return 2.0 * jnp.exp(raw / jnp.maximum(tokens, 1)) - 1.0
 
 
@@ -338,14 +340,22 @@ class Qwen2PPM(nnx.Module):
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
         """Raw rewards of right-padded rows; `lengths` [B] counts real tokens (default: all T), `starts`
         [B] is where the scored step begins (log-prob head only; default 1: every token after the first)."""
+        h, lengths, starts = self._rows(input_ids, lengths, starts, positions, segment_ids)
+        return self._reward(h, input_ids, lengths, starts)
+
+    def _rows(self, input_ids: jax.Array, lengths: jax.Array | None, starts: jax.Array | None,
+              positions: jax.Array | None = None, segment_ids: jax.Array | None = None
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Hidden states of right-padded rows, with their lengths and step starts (defaults as `__call__`)."""
         b, t = input_ids.shape
         if lengths is None:
             lengths = jnp.full((b,), t, jnp.int32)
+        if starts is None:
+            starts = jnp.ones_like(lengths)
         if segment_ids is None:
             segment_ids = (jnp.arange(t)[None] < lengths[:, None]).astype(jnp.int32)
         positions, segment_ids = _defaults(input_ids, positions, segment_ids)
-        h = self.model.hidden(self.config, input_ids, positions, segment_ids, self.dtype)
-        return self._reward(h, input_ids, lengths, starts)
+        return self.model.hidden(self.config, input_ids, positions, segment_ids, self.dtype), lengths, starts
 
     def pair_rewards(self, ids: jax.Array, prefix_len: jax.Array, pos_len: jax.Array,
                      neg_len: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -371,10 +381,9 @@ class Qwen2PPM(nnx.Module):
         neg = jnp.sum(jnp.where((c >= p + a) & (c < p + a + n - 1), tok, 0.0), axis=1)
         return pos, neg + token_logprob(first, first_token)
 
-    def _reward(self, h: jax.Array, ids: jax.Array, lengths: jax.Array, starts: jax.Array | None) -> jax.Array:
+    def _reward(self, h: jax.Array, ids: jax.Array, lengths: jax.Array, starts: jax.Array) -> jax.Array:
         """Raw rewards [B] from hidden states [B, T, hidden] of rows with `lengths` real tokens."""
         if self.head == "logprob":
-            starts = jnp.ones_like(lengths) if starts is None else starts
             return span_logprob(_logits(self, h), ids, starts, lengths)
         return self._value(h, lengths - 1)
 
@@ -388,10 +397,7 @@ class Qwen2PPM(nnx.Module):
     def scores(self, input_ids: jax.Array, lengths: jax.Array | None = None,
                starts: jax.Array | None = None) -> jax.Array:
         """Step scores in (-1, 1] (`step_score`)."""
-        b, t = input_ids.shape
-        lengths = jnp.full((b,), t, jnp.int32) if lengths is None else lengths
-        starts = jnp.ones_like(lengths) if starts is None else starts
-        return step_score(self(input_ids, lengths, starts), self.head, lengths - starts)
+        return self._step_scores(input_ids, *self._rows(input_ids, lengths, starts))
 
     def scores_cached(self, input_ids: jax.Array, positions: jax.Array, cache: KVCache,
                       index: jax.Array, starts: jax.Array) -> tuple[jax.Array, KVCache]:
@@ -399,5 +405,8 @@ class Qwen2PPM(nnx.Module):
         `positions` (-1 = right padding) are written at slot `index`; a log-prob head scores the new
         tokens from column `starts` [B] on. Returns the scores [B] and the cache."""
         h, cache = self.model.hidden_cached(self.config, input_ids, positions, cache, index, self.dtype)
-        lengths = jnp.sum(positions >= 0, axis=1)
-        return step_score(self._reward(h, input_ids, lengths, starts), self.head, lengths - starts), cache
+        return self._step_scores(input_ids, h, jnp.sum(positions >= 0, axis=1), starts), cache
+
+    def _step_scores(self, ids: jax.Array, h: jax.Array, lengths: jax.Array, starts: jax.Array) -> jax.Array:
+        """`step_score` of each row's reward; a log-prob head's over its lengths - starts step tokens."""
+        return step_score(self._reward(h, ids, lengths, starts), self.head, lengths - starts)

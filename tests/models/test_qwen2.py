@@ -173,7 +173,7 @@ def test_logprob_ppm_scores_a_step_by_its_tokens_log_probability(tied):
     np.testing.assert_allclose(r, want, atol=1e-4)
     # the score is 2 p - 1 of the per-token probability: a whole step's would round to -1 in float32
     np.testing.assert_allclose(nnx.jit(lambda m, i, n, s: m.scores(i, n, s))(ppm, ids, lengths, starts),
-                               2 * np.exp(np.asarray(want) / np.asarray([2, 2])) - 1, atol=1e-5)
+                               2 * np.exp(np.asarray(want) / np.asarray(lengths - starts)) - 1, atol=1e-5)
     assert float(step_score(jnp.asarray(-40.0), "logprob", jnp.asarray(30))) > -0.75
     # Cached, as the scorer runs a step after a cached prefix: token 0 in the cache, then token 1 (the
     # prefix's last, re-run for its logits) and the step from column 1 on.
