@@ -32,6 +32,7 @@ class StepTokenizer:
         self.eos_token = eos
         self.eos_id = tokenizer.token_to_id(eos)
         self.pad_id = self.eos_id  # Qwen2.5 pads with <|endoftext|>; padding is masked everywhere
+        self._boundaries = self._boundary_markers()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, add_step_tokens: bool = True) -> "StepTokenizer":
@@ -73,6 +74,33 @@ class StepTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """`encode` for many texts at once (the Rust side runs them in parallel)."""
         return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_extended(self, prefixes: list[tuple[str, list[int]]], suffixes: list[str]) -> list[list[int]]:
+        """Token ids of each prefix text + suffix, given the prefix's own ids. Where those end with a step
+        marker, nothing merges across it (added tokens split the text before BPE), so only marker + suffix
+        is encoded: a search path is hundreds of tokens and its new step a few dozen. Otherwise the
+        whole text is encoded."""
+        out: list[list[int] | None] = [None] * len(suffixes)
+        short = [i for i, (_, ids) in enumerate(prefixes) if ids and ids[-1] in self._boundaries]
+        cut = set(short)
+        long = [i for i in range(len(suffixes)) if i not in cut]
+        texts = [self._boundaries[prefixes[i][1][-1]] + suffixes[i] for i in short]
+        for i, tail in zip(short, self.encode_batch(texts)):
+            out[i] = list(prefixes[i][1]) + tail[1:]
+        for i, ids in zip(long, self.encode_batch([prefixes[i][0] + suffixes[i] for i in long])):
+            out[i] = ids
+        return out
+
+    def _boundary_markers(self) -> dict[int, str]:
+        """Step-marker ids after which an encoding can be cut: the marker encodes alone to its id and
+        no other added token contains it (so no added-token match runs across its end)."""
+        added = [t.content for t in self.tok.get_added_tokens_decoder().values()]
+        out = {}
+        for marker in STEP_TOKENS:
+            tid = self.tok.token_to_id(marker)
+            if tid is not None and self.encode(marker) == [tid] and not any(marker in a and a != marker for a in added):
+                out[tid] = marker
+        return out
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
         """Text of `ids`; step markers are kept (they are not special tokens)."""

@@ -58,3 +58,24 @@ def test_bad_files_error_clearly(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(InputError, match="not a valid tokenizer.json"):
         StepTokenizer.from_file(tmp_path)
+
+
+def test_encode_extended_equals_encoding_the_whole_text(tok, tmp_path):
+    path = CORPUS[0][: CORPUS[0].index("# Step 2")]          # ends with <end_of_step>\n: no marker cut
+    step_end = CORPUS[0][: CORPUS[0].index("<end_of_step>") + len("<end_of_step>")]
+    code_end = CORPUS[0][: CORPUS[0].index("<end_of_code>") + len("<end_of_code>")]
+    prefixes = [step_end, code_end, path, steps.build_prompt("How many?"), ""]
+    suffixes = ["\n# Step 2: give away\nmarbles = marbles - 5\n<end_of_step>", "\n<output>7\n<end_of_output>\n",
+                "marbles -= 5\n<end_of_step>", "<code>\n# Step 1\nx = 1\n<end_of_step>", "a<end_of_step>b"]
+    got = tok.encode_extended([(p, tok.encode(p)) for p in prefixes], suffixes)
+    assert got == [tok.encode(p + s) for p, s in zip(prefixes, suffixes)]
+    # The cut is taken only after a marker; a marker some other added token contains is no cut.
+    assert tok.token_id("<end_of_step>") in tok._boundaries and tok.token_id("<end_of_code>") in tok._boundaries
+    from tokenizers import AddedToken
+    other = StepTokenizer.from_file(tok.save(tmp_path))
+    other.tok.add_tokens([AddedToken("<end_of_step>!", special=False, normalized=False)])
+    other._boundaries = other._boundary_markers()
+    assert other.token_id("<end_of_step>") not in other._boundaries
+    text = step_end + "!x"
+    assert other.encode_extended([(step_end, other.encode(step_end))], ["!x"]) == [other.encode(text)]
+

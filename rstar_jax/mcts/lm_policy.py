@@ -64,11 +64,12 @@ class LMPolicy:
         for i in missing:
             self.cache.put(texts[i], ids[i], prompt_kv[i])
         ended = [j for j, c in enumerate(out) if c.stop_reason == STOP_TOKEN and c.tokens[-1] in self.cached_ends]
-        child_texts = [texts[j // n] + out[j].text for j in ended]
-        for j, text, encoded in zip(ended, child_texts, self.tokenizer.encode_batch(child_texts)):
+        encoded = self.tokenizer.encode_extended([(texts[j // n], ids[j // n]) for j in ended],
+                                                 [out[j].text for j in ended])
+        for j, child_encoded in zip(ended, encoded):
             child_ids = list(ids[j // n]) + out[j].tokens
-            if encoded == child_ids:
-                self.cache.put(text, child_ids, prompt_kv[j // n].extend(out[j].kv))
+            if child_encoded == child_ids:
+                self.cache.put(texts[j // n] + out[j].text, child_ids, prompt_kv[j // n].extend(out[j].kv))
         self.counters.cached_prompts += len(texts) - len(missing)
         return self._counted(out, n, sum(len(ids[i]) for i in missing))
 
@@ -104,12 +105,16 @@ class LMPolicy:
         return [sum(texts[k * n:(k + 1) * n], []) for k in range(len(requests))]
 
     def finish(self, requests: Sequence[FinishRequest]) -> list[str]:
-        ids = self.tokenizer.encode_batch([r.prompt for r in requests])
         seeds = [r.seed for r in requests]
         if self.cache is None:
+            ids = self.tokenizer.encode_batch([r.prompt for r in requests])
             return [t[0] for t in self._sample(ids, 1, seeds, self.answer_stops)]
         # The final step was sampled (and cached) up to <end_of_code>: only its output block is prefilled,
         # on top of it, when the whole prompt's tokens start with the cached ones.
+        hits = [self.cache.get(r.code_prompt) for r in requests]
+        ids = self.tokenizer.encode_extended(
+            [(r.code_prompt, hit[0]) if hit is not None else ("", []) for r, hit in zip(requests, hits)],
+            [r.prompt[len(r.code_prompt):] if hit is not None else r.prompt for r, hit in zip(requests, hits)])
         splits = [self.cache.split(r.code_prompt, row) for r, row in zip(requests, ids)]
         use = [i for i, (kv, _) in enumerate(splits) if kv is not None]
         prefixes: list = [None] * len(requests)
