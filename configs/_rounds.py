@@ -15,7 +15,11 @@ def get_round_config(r: int):
     config.model.param_dtype = "bfloat16"  # inference weights; trainers keep fp32 master copies
     config.model.dtype = "bfloat16"
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1
-    config.mcts.batch_trees = 256  # trees in lockstep per host: B x n = 3072 sequences per decode call
+    config.mcts.batch_trees = 256  # trees in lockstep per host: B x n = 3072 sequences per iteration
+    # Two groups of 128 trees take turns, so the host's sandbox runs one group's programs while the
+    # accelerator decodes the other's steps (1536 sequences per call). Same trees as one group; the overlap
+    # is measured only on CPU with the sandbox on its own core (README), not yet on an accelerator.
+    config.mcts.pipeline_groups = 2
     config.mcts.max_step_tokens = 512
     config.mcts.max_nodes = 1024
     config.train.seq_len = 4096

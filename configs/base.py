@@ -80,6 +80,7 @@ def mcts_config() -> config_dict.ConfigDict:
             "rollouts": 16,  # rollouts per problem (R1: 8, R2-R4: 16)
             "extra_rollouts": (),  # round-4 rule: unsolved problems are searched again, fresh tree and seed, with these budgets in turn ([64, 128])
             "batch_trees": 64,  # trees advanced in lockstep; a finished tree hands its slot to the next problem
+            "pipeline_groups": 1,  # the trees split into this many groups that take turns: one group's programs run in the sandbox while the next decodes
             "max_nodes": 512,  # initial node capacity per tree; grows (doubling, one recompile) when a tree fills it
             # Expansion.
             "num_children": 12,  # candidates sampled per expansion (reference n = 12)

@@ -8,8 +8,14 @@ A tree that has used its rollouts hands its slot to the next problem of the stre
 batching). Seeds derive from (seed, problem id, attempt, expansion index), so a tree is the same
 whether it runs alone or among 63 others.
 
+With `mcts.pipeline_groups` > 1 the lanes form groups that take turns: an expansion is started
+(decode, programs sent) and completed (results read, answers, PPM, backup) on the group's next turn,
+so one group's programs run in the sandbox while the next group decodes. That only pays where the
+two do not share cores (the sandbox on the host CPU, decoding on an accelerator); on this 2-core CPU
+box it is about neutral (benchmarks/bench_mcts.py). The trees are the same for any grouping.
+
 With `mcts.exec_cache` (off unless the config sets it) a search runs each distinct program text once
-(whichever tree asks, alone or in lockstep) and reuses the stored result for repeats.
+(whichever tree asks, alone or in lockstep, finished or still running) and shares its result.
 """
 from __future__ import annotations
 
@@ -205,14 +211,11 @@ class LockstepSearch:
             slots[i] = _Slot(problem, attempt, budget, derive_seed(self.seed, problem.id, attempt),
                              [_Node("", -1, 0)], rollouts_before=rollouts_before)
 
-        for i in range(B):
-            p = next_problem()
-            if p is None:
-                break
-            fill(i, p, 0)
-        while any(s is not None for s in slots):
+        def advance(tree: T.Tree, group: np.ndarray) -> tuple[T.Tree, np.ndarray]:
+            """Selects a leaf in every live tree of `group` [B]; a tree out of rollouts is recorded (or
+            retried, round-4 rule) and its slot takes the next problem, which selects at once."""
             t0 = time.perf_counter()
-            live = np.array([s is not None for s in slots])
+            live = group & np.array([s is not None for s in slots])
             tree, leaf, started, done = self._select(tree, slots, live)
             t1 = time.perf_counter()
             self.stats.time_tree += t1 - t0
@@ -250,8 +253,28 @@ class LockstepSearch:
             leaf, started = np.asarray(leaf), np.asarray(started)
             for i in np.flatnonzero(started):
                 slots[i].started += 1
-            if (leaf >= 0).any():
-                tree = self._expand(tree, slots, leaf)
+            return tree, leaf
+
+        for i in range(B):
+            p = next_problem()
+            if p is None:
+                break
+            fill(i, p, 0)
+        # Pipelining (mcts.pipeline_groups): the lanes split into groups that take turns, so one
+        # group's programs run in the sandbox while the next group decodes. Each tree sees the same
+        # sequence of select / expand / backup either way, so the trees do not depend on the split.
+        groups = _lane_groups(B, int(self.cfg.get("pipeline_groups", 1)))
+        pending: list[_Pending | None] = [None] * len(groups)
+        while any(s is not None for s in slots) or any(p is not None for p in pending):
+            for g, group in enumerate(groups):
+                if pending[g] is not None:
+                    tree = self._complete(tree, slots, pending[g])
+                    pending[g] = None
+                if not any(slots[i] is not None for i in np.flatnonzero(group)):
+                    continue
+                tree, leaf = advance(tree, group)
+                if (leaf >= 0).any():
+                    pending[g] = self._start(slots, leaf)
             self.stats.iterations += 1
         bar.close()
         c = self.policy.counters
@@ -272,10 +295,12 @@ class LockstepSearch:
         return T.select(tree, keys, can_start, np.asarray(active), c=float(self.cfg.c_puct),
                         unvisited_score=float(self.cfg.unvisited_score), random_ties=bool(self.cfg.random_ties))
 
-    # ----- one expansion of every selected leaf -----
+    # ----- one expansion of every selected leaf: started (decode, submit programs), then completed -----
 
-    def _expand(self, tree: T.Tree, slots: list[_Slot | None], leaf: np.ndarray) -> T.Tree:
-        cfg, B, W = self.cfg, self.batch, self.width
+    def _start(self, slots: list[_Slot | None], leaf: np.ndarray) -> "_Pending":
+        """Samples the candidates of every selected leaf in ONE policy call and sends all their programs
+        (each with its ancestors' code) to the sandbox in one batch, without waiting for them."""
+        cfg = self.cfg
         t0 = time.perf_counter()
         lanes = [int(i) for i in np.flatnonzero(leaf >= 0)]
         paths = {i: slots[i].path_texts(int(leaf[i])) for i in lanes}
@@ -286,7 +311,7 @@ class LockstepSearch:
         t2 = time.perf_counter()
         self.stats.time_decode += t2 - t1
 
-        # Filter and classify; every program of the iteration goes to the sandbox at once. Final code
+        # Filter and classify; every program of the expansion goes to the sandbox at once. Final code
         # steps are queued first: their outputs are needed to decode the answers, which then overlaps
         # with the execution of all other steps.
         children: list[_Child] = []
@@ -306,12 +331,20 @@ class LockstepSearch:
         others = [ch for ch in children if ch.kind in ("step", "answer")]
         run_final = self._submit([program(list(paths[ch.slot]) + [ch.text]) for ch in finals])
         run_other = self._submit([program(list(paths[ch.slot]) + [ch.text]) for ch in others])
+        self.stats.time_host += (t1 - t0) + (time.perf_counter() - t2)
+        return _Pending(leaf, paths, children, finals, others, run_final, run_other)
+
+    def _complete(self, tree: T.Tree, slots: list[_Slot | None], job: "_Pending") -> T.Tree:
+        """Applies a started expansion's execution results, continues verified final steps to their
+        answers (ONE policy call), grades, scores new nodes with the PPM (ONE call) and writes the new
+        children and their rewards into the tree arrays (ONE device call)."""
+        cfg, B, W = self.cfg, self.batch, self.width
+        leaf, paths, children = job.leaf, job.paths, job.children
         t3 = time.perf_counter()
-        self.stats.time_host += (t1 - t0) + (t3 - t2)
-        final_results = run_final.result()
+        final_results = job.run_final.result()
         t4 = time.perf_counter()
         self.stats.time_execute += t4 - t3
-        to_finish = [ch for ch, res in zip(finals, final_results) if self._verified(ch, res, slots)]
+        to_finish = [ch for ch, res in zip(job.finals, final_results) if self._verified(ch, res, slots)]
         if to_finish:
             reqs = []
             for ch in to_finish:
@@ -330,10 +363,10 @@ class LockstepSearch:
                     ch.node.terminal = "answer"
                 else:
                     ch.node.terminal, ch.node.dead_reason = "dead", "unparsable"
-        other_results = run_other.result()
+        other_results = job.run_other.result()
         t5 = time.perf_counter()
         self.stats.time_execute += t5 - t4
-        for ch, res in zip(others, other_results):
+        for ch, res in zip(job.others, other_results):
             self._verified(ch, res, slots)
         for ch in children:
             if ch.node.terminal == "answer":
@@ -399,21 +432,24 @@ class LockstepSearch:
 
     def _submit(self, codes: list[str]) -> "_Results":
         """Sends programs to the sandbox in one batch. With `mcts.exec_cache`, a program whose exact
-        text already ran in this search is not run again (its stored result is reused), and identical
-        programs within the batch run once."""
+        text this search already sent (finished or still running) is not sent again: its result is
+        shared; identical programs within the batch run once."""
+        batch = _Batch()
         if not self.exec_cache:
             self.stats.programs += len(codes)
-            return _Results(self.sandbox.submit_many(codes), list(range(len(codes))), [], None)
-        unique: dict[str, int] = {}
-        where: list[int | Any] = []
+            batch.handle = self.sandbox.submit_many(codes)
+            return _Results([(batch, k) for k in range(len(codes))])
+        unique: list[str] = []
+        where: list[tuple[_Batch, int]] = []
         for code in codes:
-            if code in self._exec_results:
-                where.append(self._exec_results[code])
-            else:
-                where.append(unique.setdefault(code, len(unique)))
+            if code not in self._exec_results:
+                self._exec_results[code] = (batch, len(unique))
+                unique.append(code)
+            where.append(self._exec_results[code])
         self.stats.programs += len(unique)
         self.stats.programs_cached += len(codes) - len(unique)
-        return _Results(self.sandbox.submit_many(list(unique)), where, codes, self._exec_results)
+        batch.handle = self.sandbox.submit_many(unique)
+        return _Results(where)
 
     def _verified(self, ch: _Child, res: Any, slots: list[_Slot | None]) -> bool:
         """Applies a step's execution result (errors, depth); True when it is a final code step to finish."""
@@ -445,21 +481,51 @@ class LockstepSearch:
         return TreeRecord(str(s.problem.id), s.problem.question, s.problem.answer, nodes, stats)
 
 
-class _Results:
-    """A sandbox batch seen through the search's execution cache: `result()` gives one result per
-    submitted program, in order (entries of `where` are batch positions or results reused from the
-    cache) and stores the new results in `cache` (when given)."""
+class _Batch:
+    """One sandbox batch; its results are fetched once, by whichever expansion needs them first."""
 
-    def __init__(self, handle: Any, where: list, codes: list[str], cache: dict[str, Any] | None):
-        self.handle, self.where, self.codes, self.cache = handle, where, codes, cache
+    def __init__(self):
+        self.handle: Any = None
+        self._out: list[Any] | None = None
+
+    def get(self, k: int) -> Any:
+        if self._out is None:
+            self._out = self.handle.result()
+        return self._out[k]
+
+
+class _Results:
+    """The results one expansion asked for, in order: entries are (batch, position) pairs, so a
+    program shared through the execution cache is read from the batch that ran it."""
+
+    def __init__(self, where: list[tuple[_Batch, int]]):
+        self.where = where
 
     def result(self) -> list[Any]:
-        ran = self.handle.result()
-        out = [ran[w] if isinstance(w, int) else w for w in self.where]
-        if self.cache is not None:
-            for code, res in zip(self.codes, out):
-                self.cache.setdefault(code, res)
-        return out
+        return [batch.get(k) for batch, k in self.where]
+
+
+@dataclasses.dataclass
+class _Pending:
+    """An expansion between `_start` and `_complete`: its leaves [B] (-1 elsewhere), paths, new
+    children and their programs, which are running in the sandbox."""
+
+    leaf: np.ndarray
+    paths: dict[int, tuple[str, ...]]
+    children: list[_Child]
+    finals: list[_Child]
+    others: list[_Child]
+    run_final: _Results
+    run_other: _Results
+
+
+def _lane_groups(batch: int, groups: int) -> list[np.ndarray]:
+    """`groups` (at most one per lane) masks [batch] of contiguous lanes that take turns in the pipeline."""
+    if groups < 1:
+        raise ValueError(f"mcts.pipeline_groups must be >= 1, got {groups}")
+    bounds = np.linspace(0, batch, min(groups, batch) + 1).round().astype(int)
+    lanes = np.arange(batch)
+    return [(lanes >= lo) & (lanes < hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def jax_block(tree: T.Tree) -> None:

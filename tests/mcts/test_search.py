@@ -150,6 +150,24 @@ def test_lockstep_equals_one_at_a_time_and_every_problem_once(sandbox):
     assert {t.problem_id: strip(t) for t in other} != alone
 
 
+def test_pipelined_groups_give_the_same_trees_and_every_problem_once(sandbox):
+    # Groups take turns (one decodes while another's programs run); each tree's own sequence of
+    # select / expand / backup is unchanged, so the trees are those of the plain lockstep search, also
+    # with the round-4 retries and an execution cache that shares results of programs still running.
+    problems = toyworld.generate_problems(9, seed=6, levels=(1, 2, 3))
+    base = dict(rollouts=3, num_children=3, random_ties=True, extra_rollouts=[2], exec_cache=True)
+    plain, s1 = run(toy_policy(noise=3.0), problems, make_cfg(**base), sandbox, seed=4)
+    for groups in (2, 3, 8):
+        piped, sg = run(toy_policy(noise=3.0), problems, make_cfg(pipeline_groups=groups, **base), sandbox, seed=4)
+        assert sorted(t.problem_id for t in piped) == sorted(p.id for p in problems)
+        assert {t.problem_id: strip(t) for t in piped} == {t.problem_id: strip(t) for t in plain}
+        assert (sg.problems, sg.rollouts, sg.expansions) == (s1.problems, s1.rollouts, s1.expansions)
+        assert sg.programs + sg.programs_cached == s1.programs + s1.programs_cached
+    assert any(t.stats["attempt"] > 0 for t in plain)  # the retry path was exercised
+    with pytest.raises(ValueError, match="pipeline_groups"):
+        run(toy_policy(), problems, make_cfg(pipeline_groups=0), sandbox)
+
+
 def test_round4_rule_retries_unsolved_problems_with_fresh_seeds(sandbox):
     guess = ScriptedPolicy(lambda p, s, n, rng: [f"print({rng.integers(0, 4)})\n<end_of_code>"])
     problems = [problem(i, answer="0") for i in range(8)]
